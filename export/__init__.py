@@ -1,0 +1,1 @@
+"""ONNX / TensorRT export (see DESIGN §5)."""

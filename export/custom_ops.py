@@ -1,0 +1,116 @@
+"""FASeg's ONNX custom ops: names, attributes, and the ONNX Runtime CPU library that implements them.
+
+Contract: ``docs/plugin_contract.md``. Two ops live in the ONNX domain ``faseg`` (version 1):
+
+- ``FASegMSDeformAttn_TRT``: multi-scale deformable attention, same I/O as NVIDIA's
+  ``MultiscaleDeformableAttnPlugin_TRT`` v2.
+- ``FASegTopKCrossAttn_TRT``: HRCA (score sum + top-k + window gather + projections + attention).
+
+Every node carries the string attributes ``plugin_version`` and ``plugin_namespace``: the TensorRT ONNX
+parser ignores the domain and looks plugins up by (op_type, plugin_version, plugin_namespace). ONNX Runtime
+runs the same nodes with ``libfaseg_ort_ops.so``, built by ``export/plugins/build.sh``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+DOMAIN = "faseg"
+DOMAIN_VERSION = 1
+
+MS_DEFORM_ATTN_OP = "FASegMSDeformAttn_TRT"
+TOPK_CROSS_ATTN_OP = "FASegTopKCrossAttn_TRT"
+OP_TYPES = (MS_DEFORM_ATTN_OP, TOPK_CROSS_ATTN_OP)
+
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = ""
+PLUGIN_ATTRIBUTES = {"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
+
+#: ``mode`` attribute of FASegTopKCrossAttn_TRT, keyed by the ``mode`` argument of
+#: :func:`faseg.model.ops.topk_cross_attention`.
+TOPK_MODES = {"window": 0, "bilinear": 1}
+TOPK_DEFAULT_DIVISOR = 32
+
+LIBRARY_ENV = "FASEG_ORT_OPS_LIB"
+LIBRARY_NAME = "libfaseg_ort_ops.so"
+BUILD_COMMAND = "export/plugins/build.sh"
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = _PACKAGE_DIR.parent
+REPO_LIBRARY = REPO_ROOT / "build" / "ort_ops" / LIBRARY_NAME
+PACKAGED_LIBRARY = _PACKAGE_DIR / LIBRARY_NAME
+
+
+class CustomOpsLibraryNotFoundError(FileNotFoundError):
+    """``libfaseg_ort_ops.so`` is not built (or ``FASEG_ORT_OPS_LIB`` points to a missing file)."""
+
+
+def library_search_paths() -> list[Path]:
+    """Where :func:`ort_custom_ops_library` looks, in order.
+
+    ``$FASEG_ORT_OPS_LIB`` when set (then it is the only candidate, so a wrong path is never silently
+    replaced by another build), else ``<repo>/build/ort_ops/libfaseg_ort_ops.so``, else the library next
+    to this module (installed packages).
+    """
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        return [Path(override).expanduser()]
+    return [REPO_LIBRARY, PACKAGED_LIBRARY]
+
+
+def ort_custom_ops_library() -> Path | None:
+    """Path of the built ONNX Runtime custom-op library, or None when it is not built."""
+    for path in library_search_paths():
+        if path.is_file():
+            return path.resolve()
+    return None
+
+
+def register_custom_ops(session_options: Any) -> None:
+    """Register FASeg's custom ops on an ``onnxruntime.SessionOptions``.
+
+    Raises:
+        CustomOpsLibraryNotFoundError: the library is not built; the message names the expected path(s)
+            and the build command.
+    """
+    library = ort_custom_ops_library()
+    if library is None:
+        raise CustomOpsLibraryNotFoundError(missing_library_message())
+    session_options.register_custom_ops_library(str(library))
+
+
+def missing_library_message() -> str:
+    paths = library_search_paths()
+    if os.environ.get(LIBRARY_ENV):
+        where = f"${LIBRARY_ENV} points to {paths[0]}, which does not exist"
+    else:
+        where = "expected at " + " or ".join(str(p) for p in paths)
+    return (
+        f"FASeg ONNX Runtime custom-op library {LIBRARY_NAME} not found ({where}). "
+        f"Build it with `{BUILD_COMMAND}` from the repository root (needs cmake, a C++17 compiler and "
+        f"apt access to Debian's archive for the ORT headers), or set {LIBRARY_ENV} to the built library."
+    )
+
+
+__all__ = [
+    "BUILD_COMMAND",
+    "DOMAIN",
+    "DOMAIN_VERSION",
+    "LIBRARY_ENV",
+    "LIBRARY_NAME",
+    "MS_DEFORM_ATTN_OP",
+    "OP_TYPES",
+    "PLUGIN_ATTRIBUTES",
+    "PLUGIN_NAMESPACE",
+    "PLUGIN_VERSION",
+    "TOPK_CROSS_ATTN_OP",
+    "TOPK_DEFAULT_DIVISOR",
+    "TOPK_MODES",
+    "CustomOpsLibraryNotFoundError",
+    "library_search_paths",
+    "missing_library_message",
+    "ort_custom_ops_library",
+    "register_custom_ops",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from faseg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,317 @@
+"""Multi-scale deformable-attention pixel decoder (Mask2Former's and FASeg's).
+
+Spec §1.3. res5, res4, res3 are projected to ``conv_dim`` and refined jointly by a 6-layer deformable
+encoder; res2 joins through one FPN step; a 1×1 conv gives the mask features at 1/4.
+
+Differences between the two official decoders are two switches here:
+
+* ``key_pe``: Mask2Former uses the shape-only sine PE; FASeg uses a "conditional" K_p, a PEG-style 3×3
+  depthwise conv (``pos_linear.{l}``) on each projected, pre-encoder map (F: msdeformattn.py:423-444,538-547).
+* ``hr_level``: FASeg adds a 4th input projection ``input_proj.3`` for res2 that feeds only the res2 PE, and
+  hands 4 maps (+ the 1/4 FPN output) to the transformer decoder for HRCA.
+
+The whole pixel decoder runs in fp32 even under autocast, like the official ``forward_features``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backbone.base import ShapeSpec
+from .config import PixelDecoderConfig
+from .ops import ms_deform_attn
+from .position_encoding import sine_position_encoding
+
+
+@dataclass
+class PixelDecoderOutput:
+    """mask_features: (B, mask_dim, H/4, W/4).
+    multi_scale_features: decoder memories, low resolution first: [1/32, 1/16, 1/8] (+ 1/4 with HRCA),
+        each (B, conv_dim, H_l, W_l).
+    pos: the key positional encodings K_p of those maps, same shapes (no level embedding added).
+    """
+
+    mask_features: Tensor
+    multi_scale_features: list[Tensor]
+    pos: list[Tensor]
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` with an optional ``norm`` and activation, like detectron2's wrapper; the norm is an
+    attribute so checkpoint names read ``adapter_1.norm.weight``."""
+
+    def __init__(self, *args, norm: nn.Module | None = None, activation: nn.Module | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.norm = norm
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = super().forward(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return x
+
+
+def c2_xavier_fill(module: nn.Conv2d) -> None:
+    """Caffe2's XavierFill as detectron2 implements it: kaiming-uniform with a=1, zero bias."""
+    nn.init.kaiming_uniform_(module.weight, a=1)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def _norm(kind: str, channels: int) -> nn.Module | None:
+    return nn.GroupNorm(32, channels) if kind == "GN" else None
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention module (Deformable DETR); the op is :func:`faseg.model.ops.ms_deform_attn`."""
+
+    def __init__(self, d_model: int, n_levels: int, n_heads: int, n_points: int) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
+        self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Offsets start on a star of n_heads directions, point p at distance p + 1 (Deformable DETR init).
+        nn.init.zeros_(self.sampling_offsets.weight)
+        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)  # (Nh, 2)
+        grid = grid / grid.abs().max(-1, keepdim=True).values
+        grid = grid.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)
+        grid = grid * torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.zeros_(self.value_proj.bias)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+
+    def forward(
+        self, query: Tensor, reference_points: Tensor, value_in: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        """query (B, Lq, C); reference_points (B, Lq, L, 2) normalised (x, y); value_in (B, S, C) -> (B, Lq, C)."""
+        b, n_q, _ = query.shape
+        value = self.value_proj(value_in).view(b, value_in.shape[1], self.n_heads, -1)  # (B, S, Nh, Dh)
+        offsets = self.sampling_offsets(query).view(b, n_q, self.n_heads, self.n_levels, self.n_points, 2)
+        weights = self.attention_weights(query).view(b, n_q, self.n_heads, self.n_levels * self.n_points)
+        weights = weights.softmax(-1).view(b, n_q, self.n_heads, self.n_levels, self.n_points)
+        normalizer = torch.tensor([(w, h) for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+        locations = (
+            reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        )  # (B, Lq, Nh, L, P, 2)
+        return self.output_proj(ms_deform_attn(value, spatial_shapes, locations, weights))
+
+
+class MSDeformAttnEncoderLayer(nn.Module):
+    """Post-norm: deformable self-attention → add → LN → FFN (ReLU) → add → LN (M: msdeformattn.py:123-132)."""
+
+    def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int) -> None:
+        super().__init__()
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, d_ffn)
+        self.dropout2 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(d_ffn, d_model)
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(
+        self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference_points, src, spatial_shapes)))
+        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout3(ffn))
+
+
+class MSDeformAttnEncoder(nn.Module):
+    """Holds ``layers`` (so names read ``transformer.encoder.layers.{n}``)."""
+
+    def __init__(self, layers: list[MSDeformAttnEncoderLayer]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+
+def encoder_reference_points(spatial_shapes: list[tuple[int, int]], device: torch.device) -> Tensor:
+    """Pixel centres ((x + 0.5)/W_l, (y + 0.5)/H_l) of every token, shared by every level. -> (S, 2).
+
+    Valid ratios are all 1 because the padding mask is all False (M: msdeformattn.py:63,85,141-154).
+    """
+    points = []
+    for h, w in spatial_shapes:
+        ys = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) / h
+        xs = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) / w
+        ref_y, ref_x = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack((ref_x.reshape(-1), ref_y.reshape(-1)), -1))
+    return torch.cat(points, 0)
+
+
+class MSDeformAttnTransformerEncoderOnly(nn.Module):
+    def __init__(self, cfg: PixelDecoderConfig, n_levels: int) -> None:
+        super().__init__()
+        self.n_levels = n_levels
+        self.level_embed = nn.Parameter(torch.empty(n_levels, cfg.conv_dim))
+        self.encoder = MSDeformAttnEncoder(
+            [
+                MSDeformAttnEncoderLayer(
+                    cfg.conv_dim,
+                    cfg.encoder_ffn_dim,
+                    cfg.encoder_dropout,
+                    n_levels,
+                    cfg.encoder_heads,
+                    cfg.encoder_points,
+                )
+                for _ in range(cfg.encoder_layers)
+            ]
+        )
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        for layer in self.encoder.layers:
+            layer.self_attn.reset_parameters()
+        nn.init.normal_(self.level_embed)
+
+    def forward(self, srcs: list[Tensor], pos: list[Tensor]) -> Tensor:
+        """srcs, pos: per level (B, C, H_l, W_l), low resolution first -> (B, S, C) refined tokens."""
+        spatial_shapes = [(int(s.shape[2]), int(s.shape[3])) for s in srcs]
+        src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)  # (B, S, C)
+        pos_flat = torch.cat(
+            [p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, p in enumerate(pos)], 1
+        )  # (B, S, C)
+        ref = encoder_reference_points(spatial_shapes, src_flat.device)  # (S, 2)
+        ref = ref[None, :, None, :].expand(src_flat.shape[0], -1, self.n_levels, 2)  # (B, S, L, 2)
+        out = src_flat
+        for layer in self.encoder.layers:
+            out = layer(out, pos_flat, ref, spatial_shapes)
+        return out
+
+
+class MSDeformAttnPixelDecoder(nn.Module):
+    def __init__(self, cfg: PixelDecoderConfig, input_shape: dict[str, ShapeSpec], hr_level: bool) -> None:
+        """
+        Args:
+            input_shape: backbone outputs (res2 … res5).
+            hr_level: FASeg's 4-level output for HRCA (adds ``input_proj.3`` and the res2 PE).
+        """
+        super().__init__()
+        self.key_pe = cfg.key_pe
+        self.hr_level = hr_level
+        shapes = sorted(input_shape.items(), key=lambda kv: kv[1].stride)  # res2, res3, res4, res5
+        self.in_features = [name for name, _ in shapes]
+        # Deformable-encoder levels, low resolution first: res5, res4, res3.
+        self.transformer_in_features = sorted(cfg.in_features, key=lambda n: -input_shape[n].stride)
+        n_levels = len(self.transformer_in_features)
+        conv_dim = self.conv_dim = cfg.conv_dim
+
+        projections = [
+            nn.Sequential(nn.Conv2d(input_shape[name].channels, conv_dim, 1), nn.GroupNorm(32, conv_dim))
+            for name in self.transformer_in_features
+        ]
+        # FPN levels below the encoder: common_stride 4 vs min encoder stride 8 → one level (res2).
+        min_stride = min(input_shape[n].stride for n in self.transformer_in_features)
+        num_fpn_levels = int(math.log2(min_stride) - math.log2(cfg.common_stride))
+        self.fpn_features = self.in_features[:num_fpn_levels]  # ["res2"]
+        # input_proj.3: res2 → conv_dim, used only for the conditional res2 PE (F: msdeformattn.py:426-430,
+        # 545-547); the sine and learnable K_p do not read the projected map, so it only exists for "conditional".
+        self.project_res2 = hr_level and cfg.key_pe == "conditional"
+        if self.project_res2:
+            projections.append(
+                nn.Sequential(
+                    nn.Conv2d(input_shape[self.fpn_features[-1]].channels, conv_dim, 1), nn.GroupNorm(32, conv_dim)
+                )
+            )
+        self.input_proj = nn.ModuleList(projections)
+        for proj in self.input_proj:
+            nn.init.xavier_uniform_(proj[0].weight, gain=1)
+            nn.init.zeros_(proj[0].bias)
+
+        num_pe_levels = n_levels + int(hr_level)
+        if cfg.key_pe == "conditional":
+            # PEG: 3×3 depthwise conv, PyTorch's default init (the official code never re-initialises it).
+            self.pos_linear = nn.ModuleList(
+                nn.Conv2d(conv_dim, conv_dim, 3, padding=1, groups=conv_dim) for _ in range(num_pe_levels)
+            )
+        elif cfg.key_pe == "learnable":
+            # One table per level at `learnable_pe_input_size`, bilinearly resized to the actual map size.
+            base = cfg.learnable_pe_input_size
+            strides = [input_shape[n].stride for n in self.transformer_in_features]
+            if hr_level:
+                strides.append(input_shape[self.fpn_features[-1]].stride)
+            self.pos_embed = nn.ParameterList(
+                nn.Parameter(torch.randn(1, conv_dim, max(base // s, 1), max(base // s, 1)) * 0.02) for s in strides
+            )
+
+        self.transformer = MSDeformAttnTransformerEncoderOnly(cfg, n_levels)
+        self.mask_features = nn.Conv2d(conv_dim, cfg.mask_dim, 1)
+        c2_xavier_fill(self.mask_features)
+        use_bias = cfg.norm == ""
+        # Names follow the official add_module("adapter_{i}") / ("layer_{i}"), i = 1 .. num_fpn_levels.
+        for idx, name in enumerate(self.fpn_features[::-1], start=1):
+            lateral = Conv2d(input_shape[name].channels, conv_dim, 1, bias=use_bias, norm=_norm(cfg.norm, conv_dim))
+            output = Conv2d(
+                conv_dim, conv_dim, 3, padding=1, bias=use_bias, norm=_norm(cfg.norm, conv_dim), activation=nn.ReLU()
+            )
+            c2_xavier_fill(lateral)
+            c2_xavier_fill(output)
+            self.add_module(f"adapter_{idx}", lateral)
+            self.add_module(f"layer_{idx}", output)
+
+    def _key_pe(self, level: int, projected: Tensor) -> Tensor:
+        """K_p of one level; ``projected`` is the input_proj output (only its shape matters for sine/learnable)."""
+        if self.key_pe == "conditional":
+            return self.pos_linear[level](projected)
+        b, _, h, w = projected.shape
+        if self.key_pe == "learnable":
+            table = self.pos_embed[level]
+            if table.shape[-2:] != (h, w):
+                table = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False)
+            return table.expand(b, -1, -1, -1)
+        return sine_position_encoding(b, h, w, self.conv_dim, projected.device)
+
+    def forward(self, features: dict[str, Tensor]) -> PixelDecoderOutput:
+        with torch.autocast(device_type=features["res2"].device.type, enabled=False):
+            return self._forward_fp32(features)
+
+    def _forward_fp32(self, features: dict[str, Tensor]) -> PixelDecoderOutput:
+        srcs, pos = [], []
+        for level, name in enumerate(self.transformer_in_features):
+            x = features[name].float()
+            projected = self.input_proj[level](x)
+            srcs.append(projected)
+            pos.append(self._key_pe(level, projected))
+        if self.hr_level:
+            res2 = features[self.fpn_features[-1]].float()
+            res2_proj = self.input_proj[len(srcs)](res2) if self.project_res2 else res2
+            hr_pos = self._key_pe(len(srcs), res2_proj)
+
+        tokens = self.transformer(srcs, pos)  # (B, S, C)
+        b = tokens.shape[0]
+        outs = []
+        for chunk, src in zip(tokens.split([s.shape[2] * s.shape[3] for s in srcs], dim=1), srcs):
+            outs.append(chunk.transpose(1, 2).reshape(b, -1, src.shape[2], src.shape[3]))  # (B, C, H_l, W_l)
+
+        for idx, name in enumerate(self.fpn_features[::-1], start=1):
+            lateral = getattr(self, f"adapter_{idx}")(features[name].float())
+            up = F.interpolate(outs[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+            outs.append(getattr(self, f"layer_{idx}")(lateral + up))
+
+        num_levels = len(srcs) + int(self.hr_level)
+        multi_scale = outs[:num_levels]
+        if self.hr_level:
+            pos = [*pos, hr_pos]
+        return PixelDecoderOutput(self.mask_features(outs[-1]), multi_scale, pos)
