@@ -48,9 +48,7 @@ class ConfusionMatrix:
         device: where the matrix lives (updates on the GPU stay on the GPU).
     """
 
-    def __init__(
-        self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: torch.device | str = "cpu"
-    ):
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: torch.device | str = "cpu"):
         if num_classes <= 0:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = int(num_classes)
@@ -81,9 +79,7 @@ class ConfusionMatrix:
             return
         if int(gt.min()) < 0 or int(gt.max()) >= k:
             bad = torch.unique(gt[(gt < 0) | (gt >= k)])[:10].tolist()
-            raise ValueError(
-                f"ground truth has values {bad} outside 0..{k - 1} (and not {self.ignore_index})"
-            )
+            raise ValueError(f"ground truth has values {bad} outside 0..{k - 1} (and not {self.ignore_index})")
         if int(pred.min()) < 0 or int(pred.max()) >= k:
             bad = torch.unique(pred[(pred < 0) | (pred >= k)])[:10].tolist()
             raise ValueError(f"prediction has values {bad} outside 0..{k - 1}")
@@ -101,9 +97,7 @@ class ConfusionMatrix:
             matrix = comm.to(matrix.device)
         return matrix
 
-    def compute(
-        self, matrix: torch.Tensor | None = None, class_names: Sequence[str] | None = None
-    ) -> dict[str, Any]:
+    def compute(self, matrix: torch.Tensor | None = None, class_names: Sequence[str] | None = None) -> dict[str, Any]:
         """Metrics of ``matrix`` (default: this rank's matrix). See the module docstring.
 
         Returns:
@@ -178,8 +172,7 @@ class SemSegEvaluator:
         if pred.is_floating_point():
             if pred.ndim not in (3, 4) or pred.shape[-3] != self.num_classes:
                 raise ValueError(
-                    f"score maps must be (K, H, W) or (B, K, H, W) with K={self.num_classes}, "
-                    f"got {tuple(pred.shape)}"
+                    f"score maps must be (K, H, W) or (B, K, H, W) with K={self.num_classes}, got {tuple(pred.shape)}"
                 )
             pred = pred.argmax(dim=-3)
         self.confusion.update(pred, gt)
@@ -248,9 +241,7 @@ def multiscale_flip_probs(
     count = 0
     for scale in scales:
         size = shortest_edge_size(height, width, int(scale), max_long)
-        resized = torch.from_numpy(np.ascontiguousarray(resize_image(hwc, size))).permute(
-            2, 0, 1
-        )  # (3, h, w)
+        resized = torch.from_numpy(np.ascontiguousarray(resize_image(hwc, size))).permute(2, 0, 1)  # (3, h, w)
         views = [(resized, False)] + ([(resized.flip(-1), True)] if flip else [])
         for view, flipped in views:
             probs = probs_fn(view.contiguous())
@@ -260,9 +251,7 @@ def multiscale_flip_probs(
             if flipped:
                 probs = probs.flip(-1)
             if probs.shape[-2:] != (height, width):
-                probs = F.interpolate(
-                    probs[None], size=(height, width), mode="bilinear", align_corners=False
-                )[0]
+                probs = F.interpolate(probs[None], size=(height, width), mode="bilinear", align_corners=False)[0]
             total = probs if total is None else total + probs
             count += 1
     assert total is not None

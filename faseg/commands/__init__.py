@@ -1,0 +1,28 @@
+"""One module per `faseg` subcommand. Each module defines ``register(subparsers)``, which adds its parser and
+sets ``func`` (a callable taking the parsed ``argparse.Namespace`` and returning an exit code).
+
+Modules import torch and the layers lazily inside their command functions, so ``faseg --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# The order here is the order of `faseg --help`.
+COMMAND_MODULES: tuple[str, ...] = ("info",)
+
+
+class CLIError(Exception):
+    """A user error: printed as one line on stderr, exit code 2."""
+
+
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    """The shared ``--set key=value`` option (dotted config keys, JSON values)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (dotted key, JSON value), repeatable",
+    )

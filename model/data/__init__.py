@@ -1,0 +1,19 @@
+"""Datasets, augmentations and batching for semantic segmentation (DESIGN §4, spec §3.5–3.6)."""
+
+from .datasets import (
+    ADE20KDataset,
+    CityscapesDataset,
+    FolderDataset,
+    SegmentationSample,
+    SyntheticDataset,
+    build_dataset,
+)
+
+__all__ = [
+    "ADE20KDataset",
+    "CityscapesDataset",
+    "FolderDataset",
+    "SegmentationSample",
+    "SyntheticDataset",
+    "build_dataset",
+]
