@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 # The order here is the order of `faseg --help`.
-COMMAND_MODULES: tuple[str, ...] = ("info",)
+COMMAND_MODULES: tuple[str, ...] = ("info", "convert", "export", "verify", "serve")
 
 
 class CLIError(Exception):

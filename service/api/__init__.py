@@ -1,0 +1,1 @@
+"""HTTP layer: routes, dependencies, request bodies, error answers and the request middleware."""

@@ -1,0 +1,111 @@
+"""PyTorch backend: an ``nn.Module`` that maps uint8 NHWC images to (labels, confidence), on CPU or CUDA.
+
+The module is what ``faseg.model.ServingHead`` is: ``forward(images)`` with images (N, H, W, 3) uint8
+returning labels (N, H, W) and confidence (N, H, W), possibly followed by extra outputs that are ignored.
+A checkpoint directory is turned into such a module by a loader hook, by default
+``faseg.model.load_serving_module(checkpoint_dir)``; the module must expose ``classes``, ``palette`` and
+``input_size`` (H, W), or the loader returns them beside it as a ``ModelInfo``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import Backend, BackendError, BackendOutOfMemory, BackendOutput, ModelInfo, parse_palette
+
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+ServingLoader = Callable[[Path], "nn.Module | tuple[nn.Module, ModelInfo]"]
+
+
+def default_loader(checkpoint_dir: Path) -> nn.Module:
+    try:
+        from faseg.model import load_serving_module  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise BackendError(
+            "faseg.model.load_serving_module is not available in this build; cannot load a torch checkpoint"
+        ) from exc
+    return load_serving_module(checkpoint_dir)
+
+
+def info_from_module(module: nn.Module, name: str) -> ModelInfo:
+    """Read ``classes``, ``palette`` and ``input_size`` from the module's attributes."""
+    missing = [attr for attr in ("classes", "input_size") if not hasattr(module, attr)]
+    if missing:
+        raise BackendError(
+            f"serving module {type(module).__name__} lacks {missing}; the loader must provide a ModelInfo"
+        )
+    classes = tuple(str(c) for c in module.classes)
+    h, w = module.input_size
+    palette = parse_palette(getattr(module, "palette", None), len(classes), name)
+    return ModelInfo(name=name, classes=classes, palette=palette, input_size=(int(h), int(w)))
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(
+        self,
+        module: nn.Module,
+        info: ModelInfo,
+        *,
+        device: str = "cpu",
+        max_batch_size: int = 8,
+        precision: str = "fp32",
+        intra_op_threads: int = 0,
+    ):
+        super().__init__(info, device=device, max_batch_size=max_batch_size, precision=precision)
+        if device == "cuda" and not torch.cuda.is_available():
+            raise BackendError("device cuda requested but torch sees no CUDA device")
+        if precision == "fp16" and device != "cuda":
+            raise BackendError("precision fp16 needs device cuda")
+        if intra_op_threads > 0:
+            torch.set_num_threads(intra_op_threads)
+        self._device = torch.device(device)
+        self._module = module.eval().to(self._device)
+
+    @classmethod
+    def load(
+        cls, checkpoint_dir: Path, *, model_name: str, loader: ServingLoader | None = None, **kwargs: Any
+    ) -> TorchBackend:
+        if not checkpoint_dir.is_dir():
+            raise BackendError(f"torch checkpoint directory {str(checkpoint_dir)!r} does not exist")
+        loaded = (loader or default_loader)(checkpoint_dir)
+        module, info = loaded if isinstance(loaded, tuple) else (loaded, info_from_module(loaded, model_name))
+        return cls(module, info, **kwargs)
+
+    def details(self) -> dict[str, Any]:
+        return {"torch": torch.__version__}
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        dtype = AUTOCAST_DTYPES.get(self.precision)
+        if dtype is None:
+            yield
+            return
+        with torch.autocast(device_type=self._device.type, dtype=dtype):
+            yield
+
+    def infer(self, images: np.ndarray) -> BackendOutput:
+        try:
+            with torch.inference_mode(), self._autocast():
+                batch = torch.from_numpy(images).to(self._device, non_blocking=True)
+                outputs = self._module(batch)
+                labels, confidence = outputs[0], outputs[1]
+                labels = labels.to(torch.uint8 if len(self.classes) <= 256 else torch.uint16)
+                confidence = confidence.float()
+                return BackendOutput(labels=labels.cpu().numpy(), confidence=confidence.cpu().numpy())
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            raise BackendOutOfMemory(str(exc)) from exc
+
+    def close(self) -> None:
+        del self._module
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,1 @@
+"""Settings, errors, lifecycle and the default-model hook."""

@@ -1,0 +1,1 @@
+"""Image handling around the model: decode, letterbox, label maps, RLE, PNG and overlays."""

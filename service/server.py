@@ -1,0 +1,123 @@
+"""Running the service under uvicorn with a graceful drain.
+
+On the first SIGTERM (or SIGINT) the server does not stop listening at once, as plain uvicorn would:
+  1. readiness turns false and new work is answered 503 DRAINING (``/livez`` stays 200);
+  2. after SIGTERM it keeps answering like that for ``drain_delay_s`` so load balancers deregister it;
+  3. it waits up to ``drain_timeout_s`` for every admitted request (queued or running) to be answered;
+  4. then uvicorn closes the listeners and connections, the lifespan stops the batcher and the backend,
+     and the process exits 0.
+A second signal exits at once. If the model cannot be loaded or warmed up the process exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import signal
+import socket
+from types import FrameType
+
+import uvicorn
+
+from .backends import Backend, BackendError, load_backend
+from .core.config import Settings
+from .core.lifecycle import Lifecycle, Phase
+from .main import create_app, effective_settings
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, settings: Settings) -> None:
+        super().__init__(config)
+        self._lifecycle = lifecycle
+        self._settings = settings
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_task: asyncio.Task[None] | None = None
+        self._signalled = False
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not recorded in uvicorn's _captured_signals: uvicorn would re-raise it after shutdown and the
+        # process would die of the signal instead of exiting 0.
+        if self._signalled or self._loop is None:
+            self.should_exit = True
+            self.force_exit = self._signalled
+            return
+        self._signalled = True
+        delay = self._settings.drain_delay_s if sig == signal.SIGTERM else 0.0
+        self._loop.call_soon_threadsafe(self._start_drain, delay)
+
+    def _start_drain(self, delay_s: float) -> None:
+        self._drain_task = asyncio.get_running_loop().create_task(self._drain(delay_s), name="faseg-drain")
+
+    async def _drain(self, delay_s: float) -> None:
+        self._lifecycle.begin_drain()
+        log.info(
+            "draining: readiness false; waiting %.1f s, then up to %.1f s for work in flight",
+            delay_s,
+            self._settings.drain_timeout_s,
+        )
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        if not await self._lifecycle.wait_idle(self._settings.drain_timeout_s):
+            log.warning("drain timeout: %d requests still in flight", self._lifecycle.active_requests)
+        self.should_exit = True
+
+    @property
+    def failed(self) -> bool:
+        return self._lifecycle.phase is Phase.FAILED
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._lifecycle.phase is Phase.FAILED:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def build_server(settings: Settings, backend: Backend | None = None) -> DrainingServer:
+    app = create_app(settings, backend=backend)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=max(1, math.ceil(settings.keep_alive_s)),
+        timeout_graceful_shutdown=max(1, math.ceil(settings.drain_timeout_s)),
+        lifespan="on",
+        server_header=False,
+    )
+    return DrainingServer(config, app.state.lifecycle, app.state.settings)
+
+
+def run(settings: Settings | None = None) -> int:
+    """Load the model, serve until drained, and return the process exit code: 0 after a graceful
+    drain, 1 when the model cannot be loaded or warmed up. Raises ``DefaultModelUnavailable`` when no
+    model is given and the demo model cannot be produced."""
+    settings = effective_settings(settings or Settings())
+    _configure_logging(settings.log_level)
+    try:
+        backend = load_backend(settings)  # before binding: a bad model is one clear line, not a traceback
+    except BackendError as exc:
+        log.error("cannot load the model: %s", exc)
+        return EXIT_FAILED
+    server = build_server(settings, backend)
+    server.run()
+    return EXIT_FAILED if server.failed else EXIT_OK
+
+
+def _configure_logging(level: str) -> None:
+    package_logger = logging.getLogger("faseg")
+    if not package_logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+        package_logger.addHandler(handler)
+    package_logger.setLevel(level.upper())

@@ -1,0 +1,91 @@
+"""The app factory with an injected backend, in-process (Starlette's TestClient runs the lifespan)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from faseg.service import Settings, create_app
+from faseg.service.backends.base import Backend, BackendOutput, ModelInfo
+from faseg.service.backends.torch import TorchBackend
+from fastapi.testclient import TestClient
+from service_images import blocks_image, encode
+from service_server import free_port
+from service_toy_model import CLASSES, INPUT_SIZE, PALETTE, ColourClassifier
+
+INFO = ModelInfo(name="toy-torch", classes=tuple(CLASSES), palette=tuple(map(tuple, PALETTE)), input_size=INPUT_SIZE)
+
+
+class BrokenBackend(Backend):
+    """Warms up fine, then fails every real request."""
+
+    name = "broken"
+
+    def __init__(self) -> None:
+        super().__init__(INFO, device="cpu", max_batch_size=2)
+        self.calls = 0
+
+    def infer(self, images: np.ndarray) -> BackendOutput:
+        self.calls += 1
+        if self.calls > 2:  # the warm-up runs batch sizes 1 and 2
+            raise RuntimeError("kernel exploded")
+        shape = images.shape[:3]
+        return BackendOutput(np.zeros(shape, np.uint8), np.ones(shape, np.float32))
+
+
+def _client(backend: Backend) -> TestClient:
+    return TestClient(create_app(Settings(max_batch_size=2, warmup=True), backend=backend))
+
+
+def _wait_ready(client: TestClient) -> None:
+    for _ in range(500):
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.01)
+    raise AssertionError("never ready")
+
+
+def test_torch_backend_served_in_process() -> None:
+    backend = TorchBackend(ColourClassifier(), INFO, max_batch_size=2)
+    with _client(backend) as client:
+        _wait_ready(client)
+        response = client.post("/v1/segment?outputs=stats", content=encode(blocks_image(), "PNG"))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["backend"] == "torch" and body["model"] == "toy-torch"
+        assert sorted(s["id"] for s in body["stats"]) == list(range(6))
+
+
+def test_backend_failure_is_a_json_500_and_the_app_lives() -> None:
+    with _client(BrokenBackend()) as client:
+        _wait_ready(client)
+        response = client.post("/v1/segment", content=encode(blocks_image(), "PNG"), headers={"X-Request-ID": "abc"})
+        assert response.status_code == 500
+        assert response.json()["error"]["code"] == "INTERNAL" and response.headers["x-request-id"] == "abc"
+        assert client.get("/readyz").status_code == 200
+
+
+def _run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "faseg.service", "--log-level", "warning", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_no_model_exits_with_a_clear_message() -> None:
+    result = _run_module()
+    assert result.returncode == 2 and "no bundled demo model yet" in result.stderr
+
+
+def test_invalid_settings_exit_2() -> None:
+    result = _run_module("--model", "m.onnx", "--precision", "fp16")
+    assert result.returncode == 2 and "fp16 needs device cuda" in result.stderr
+
+
+def test_unloadable_model_fails_startup(tmp_path: Path) -> None:
+    model = tmp_path / "broken.onnx"
+    model.write_bytes(b"not an onnx model")
+    result = _run_module("--model", str(model), "--port", str(free_port()))
+    assert result.returncode == 1
+    assert "cannot read ONNX model" in result.stderr + result.stdout

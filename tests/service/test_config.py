@@ -1,0 +1,76 @@
+"""Settings: environment, flags over environment, validation, derived values."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+from faseg.service.cli import add_arguments, settings_from_args
+from faseg.service.core.config import Settings
+from faseg.service.core.default_model import DefaultModelUnavailable, resolve_default_model
+from faseg.service.main import effective_settings
+from pydantic import ValidationError
+
+
+def _parse(*argv: str) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return settings_from_args(parser.parse_args(list(argv)))
+
+
+def test_defaults() -> None:
+    s = Settings()
+    assert (s.host, s.port, s.device, s.backend, s.model) == ("127.0.0.1", 8000, "cpu", None, None)
+    assert s.max_batch_size == 8 and s.max_queue_size == 64 and s.default_timeout_ms == 10_000
+
+
+def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASEG_PORT", "9001")
+    monkeypatch.setenv("FASEG_MAX_BATCH_SIZE", "4")
+    monkeypatch.setenv("FASEG_WARMUP", "false")
+    assert _parse().port == 9001
+    s = _parse("--port", "9100", "--warmup")
+    assert (s.port, s.max_batch_size, s.warmup) == (9100, 4, True)
+
+
+def test_flags_cover_every_setting() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = {a.dest for a in parser._actions if a.dest != "help"}
+    assert flags == set(Settings.model_fields)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--device", "tpu"])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"precision": "fp16"},  # fp16 on cpu
+        {"model": Path("m.onnx"), "backend": "torch"},
+        {"backend": "tensorrt"},  # needs cuda
+        {"max_batch_size": 0},
+        {"max_queue_size": 8, "limit_concurrency": 8},
+        {"max_image_pixels": 10**9},
+        {"model": Path("weights.bin")},
+        {"model_name": "bad name/with slash"},
+    ],
+)
+def test_unsafe_values_rejected(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        Settings(**kwargs)
+
+
+def test_effective_fills_derived_values(tmp_path: Path) -> None:
+    s = Settings(model=tmp_path / "my model.onnx").effective()
+    assert s.backend == "onnxruntime" and s.model_name == "my-model" and s.max_queue_delay_ms == 0.0
+    s = Settings(model=tmp_path / "engine.plan", device="cuda").effective()
+    assert s.backend == "tensorrt" and s.max_queue_delay_ms == 2.0
+    assert Settings(model=tmp_path).effective().backend == "torch"
+
+
+def test_no_model_resolves_the_default_model_hook() -> None:
+    with pytest.raises(DefaultModelUnavailable, match="no bundled demo model"):
+        resolve_default_model()
+    with pytest.raises(DefaultModelUnavailable):
+        effective_settings(Settings())
