@@ -19,6 +19,7 @@ KeyPE = Literal["sine", "learnable", "conditional"]
 PositionalQueries = Literal["learnable", "grid_anchor", "dynamic_anchor", "dynamic_foreground", "dfpq"]
 HRCAMode = Literal["off", "window", "bilinear"]
 PoolRegion = Literal["complement", "foreground"]
+Upsampler = Literal["bilinear", "lda_aqu"]
 
 
 @dataclass
@@ -56,6 +57,40 @@ class BackboneConfig:
 
 
 @dataclass
+class FocusConfig:
+    """Focus-DETR-style sparse deformable encoder (docs/focus_lda.md; off in every preset).
+
+    Each encoder layer updates only the top ``keep_ratio × cascade[layer]`` share of every level's tokens,
+    ranked by a top-down token-scoring head; the others pass through unchanged. ``fine_ratio`` of the tokens a
+    layer updates also get a self-attention among themselves first ("dual attention").
+    """
+
+    enabled: bool = False
+    keep_ratio: float = 0.5  # ρ: share of each level's tokens updated by the first layer (Focus-DETR: 0.5)
+    # Per-layer multipliers of keep_ratio; the last one repeats for deeper encoders. Focus-DETR's schedule.
+    cascade: tuple[float, ...] = (1.0, 0.8, 0.6, 0.6, 0.4, 0.2)
+    fine_ratio: float = 0.2  # share of a layer's updated tokens that also get dual attention; 0 = none
+    # Loss targets (faseg.model.focus.focus_targets): a token is informative when it lies within
+    # boundary_radius tokens of a class boundary or covers part of a segment smaller than small_segment_area
+    # (share of the image's labelled pixels).
+    boundary_radius: int = 1
+    small_segment_area: float = 0.02
+    loss_weight: float = 1.0  # weight of loss_focus and loss_focus_sem (faseg.model.focus.focus_weight_dict)
+
+
+@dataclass
+class LDAAQUConfig:
+    """LDA-AQU upsampler knobs (Du et al., MM 2024; defaults: the official FPN_LAU config, docs/focus_lda.md)."""
+
+    kernel_size: int = 3  # k_u: the k_u × k_u neighbourhood each output pixel attends to
+    encoder_kernel: int = 3  # k_e: kernel of the offset generator's last conv
+    offset_range: float = 11.0  # offsets = offset_range · tanh(·), in output-pixel units
+    reduction: int = 4  # query/key channels = channels // reduction
+    groups: int = 2  # offset groups (each group of channels samples at its own offsets)
+    heads: int = 1
+
+
+@dataclass
 class PixelDecoderConfig:
     # The number of levels handed to the transformer decoder follows decoder.hrca: 3 (1/32, 1/16, 1/8) when
     # HRCA is off (Mask2Former's MSDeformAttnPixelDecoder), 4 with the 1/4 FPN map and a res2 PE when it is on
@@ -75,6 +110,10 @@ class PixelDecoderConfig:
     encoder_dropout: float = 0.0
     in_features: tuple[str, ...] = ("res3", "res4", "res5")  # levels fed to the deformable encoder
     common_stride: int = 4
+    focus: FocusConfig = field(default_factory=FocusConfig)
+    # Feature upsampling of the FPN step(s) (1/8 → 1/4): the official bilinear, or LDA-AQU.
+    upsampler: Upsampler = "bilinear"
+    lda_aqu: LDAAQUConfig = field(default_factory=LDAAQUConfig)
 
 
 @dataclass

@@ -27,7 +27,9 @@ class SemSegHead(nn.Module):
 
     def forward(self, features: dict[str, Tensor], trace: bool = False) -> DecoderOutput:
         pix = self.pixel_decoder(features)
-        return self.predictor(pix.multi_scale_features, pix.mask_features, pix.pos, trace=trace)
+        out = self.predictor(pix.multi_scale_features, pix.mask_features, pix.pos, trace=trace)
+        out.focus = pix.focus
+        return out
 
 
 class FASeg(nn.Module):

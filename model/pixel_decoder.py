@@ -10,6 +10,10 @@ Differences between the two official decoders are two switches here:
 * ``hr_level``: FASeg adds a 4th input projection ``input_proj.3`` for res2 that feeds only the res2 PE, and
   hands 4 maps (+ the 1/4 FPN output) to the transformer decoder for HRCA.
 
+Two options beyond the official decoders, both off by default (docs/focus_lda.md): ``focus.enabled`` swaps
+the encoder for the Focus-style sparse one (:mod:`faseg.model.focus`), and ``upsampler="lda_aqu"`` replaces
+the FPN's bilinear 1/8 → 1/4 upsampling by LDA-AQU (:mod:`faseg.model.lda_aqu`).
+
 The whole pixel decoder runs in fp32 even under autocast, like the official ``forward_features``.
 """
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +29,7 @@ from torch import Tensor, nn
 
 from .backbone.base import ShapeSpec
 from .config import PixelDecoderConfig
+from .lda_aqu import LDAAQU
 from .ops import ms_deform_attn
 from .position_encoding import sine_position_encoding
 
@@ -34,11 +40,14 @@ class PixelDecoderOutput:
     multi_scale_features: decoder memories, low resolution first: [1/32, 1/16, 1/8] (+ 1/4 with HRCA),
         each (B, conv_dim, H_l, W_l).
     pos: the key positional encodings K_p of those maps, same shapes (no level embedding added).
+    focus: the Focus encoder's token scores and selections (:class:`faseg.model.focus.FocusOutput`) when
+        ``focus.enabled``, else None; the training loss :func:`faseg.model.focus.focus_loss` reads it.
     """
 
     mask_features: Tensor
     multi_scale_features: list[Tensor]
     pos: list[Tensor]
+    focus: Any = None
 
 
 class Conv2d(nn.Conv2d):
@@ -132,9 +141,18 @@ class MSDeformAttnEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
 
     def forward(
-        self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: list[tuple[int, int]]
+        self,
+        src: Tensor,
+        pos: Tensor,
+        reference_points: Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        value: Tensor | None = None,
     ) -> Tensor:
-        src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference_points, src, spatial_shapes)))
+        """src, pos (B, Lq, C); reference_points (B, Lq, L, 2). ``value`` (B, S, C): the tokens attended to,
+        default ``src`` (dense self-attention); the Focus encoder passes all tokens while ``src`` holds only
+        the selected ones (faseg.model.focus)."""
+        value = src if value is None else value
+        src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference_points, value, spatial_shapes)))
         ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(ffn))
 
@@ -186,13 +204,18 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
             layer.self_attn.reset_parameters()
         nn.init.normal_(self.level_embed)
 
-    def forward(self, srcs: list[Tensor], pos: list[Tensor]) -> Tensor:
-        """srcs, pos: per level (B, C, H_l, W_l), low resolution first -> (B, S, C) refined tokens."""
+    def flatten_inputs(self, srcs: list[Tensor], pos: list[Tensor]) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
+        """-> src_flat (B, S, C), pos_flat (B, S, C) with the level embedding added, spatial_shapes."""
         spatial_shapes = [(int(s.shape[2]), int(s.shape[3])) for s in srcs]
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)  # (B, S, C)
         pos_flat = torch.cat(
             [p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, p in enumerate(pos)], 1
         )  # (B, S, C)
+        return src_flat, pos_flat, spatial_shapes
+
+    def forward(self, srcs: list[Tensor], pos: list[Tensor]) -> Tensor:
+        """srcs, pos: per level (B, C, H_l, W_l), low resolution first -> (B, S, C) refined tokens."""
+        src_flat, pos_flat, spatial_shapes = self.flatten_inputs(srcs, pos)
         ref = encoder_reference_points(spatial_shapes, src_flat.device)  # (S, 2)
         ref = ref[None, :, None, :].expand(src_flat.shape[0], -1, self.n_levels, 2)  # (B, S, L, 2)
         out = src_flat
@@ -256,7 +279,13 @@ class MSDeformAttnPixelDecoder(nn.Module):
                 nn.Parameter(torch.randn(1, conv_dim, max(base // s, 1), max(base // s, 1)) * 0.02) for s in strides
             )
 
-        self.transformer = MSDeformAttnTransformerEncoderOnly(cfg, n_levels)
+        self.focus_enabled = cfg.focus.enabled
+        if cfg.focus.enabled:
+            from .focus import FocusMSDeformAttnEncoder  # focus.py imports this module
+
+            self.transformer: MSDeformAttnTransformerEncoderOnly = FocusMSDeformAttnEncoder(cfg, n_levels)
+        else:
+            self.transformer = MSDeformAttnTransformerEncoderOnly(cfg, n_levels)
         self.mask_features = nn.Conv2d(conv_dim, cfg.mask_dim, 1)
         c2_xavier_fill(self.mask_features)
         use_bias = cfg.norm == ""
@@ -270,6 +299,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
             c2_xavier_fill(output)
             self.add_module(f"adapter_{idx}", lateral)
             self.add_module(f"layer_{idx}", output)
+            if cfg.upsampler == "lda_aqu":  # replaces the bilinear upsampling of this FPN step
+                self.add_module(f"upsample_{idx}", LDAAQU(conv_dim, cfg.lda_aqu))
+        self.upsampler = cfg.upsampler
 
     def _key_pe(self, level: int, projected: Tensor) -> Tensor:
         """K_p of one level; ``projected`` is the input_proj output (only its shape matters for sine/learnable)."""
@@ -299,7 +331,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
             res2_proj = self.input_proj[len(srcs)](res2) if self.project_res2 else res2
             hr_pos = self._key_pe(len(srcs), res2_proj)
 
-        tokens = self.transformer(srcs, pos)  # (B, S, C)
+        if self.focus_enabled:
+            tokens, focus = self.transformer.forward_with_focus(srcs, pos)  # (B, S, C), FocusOutput
+        else:
+            tokens, focus = self.transformer(srcs, pos), None  # (B, S, C)
         b = tokens.shape[0]
         outs = []
         for chunk, src in zip(tokens.split([s.shape[2] * s.shape[3] for s in srcs], dim=1), srcs):
@@ -307,11 +342,14 @@ class MSDeformAttnPixelDecoder(nn.Module):
 
         for idx, name in enumerate(self.fpn_features[::-1], start=1):
             lateral = getattr(self, f"adapter_{idx}")(features[name].float())
-            up = F.interpolate(outs[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
+            if self.upsampler == "lda_aqu":
+                up = getattr(self, f"upsample_{idx}")(outs[-1], lateral.shape[-2:])
+            else:
+                up = F.interpolate(outs[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)
             outs.append(getattr(self, f"layer_{idx}")(lateral + up))
 
         num_levels = len(srcs) + int(self.hr_level)
         multi_scale = outs[:num_levels]
         if self.hr_level:
             pos = [*pos, hr_pos]
-        return PixelDecoderOutput(self.mask_features(outs[-1]), multi_scale, pos)
+        return PixelDecoderOutput(self.mask_features(outs[-1]), multi_scale, pos, focus)

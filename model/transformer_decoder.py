@@ -18,6 +18,7 @@ parameters live under ``pos_queries.``; the checkpoint importers map them).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,12 +52,14 @@ class LayerTrace:
 class DecoderOutput:
     """pred_logits: (B, Q, K+1), last column = no-object. pred_masks: (B, Q, H/4, W/4) mask logits.
     aux_outputs: the earlier predictions (the one on the learnable queries first), each a dict with the same
-    two keys. trace: per-layer :class:`LayerTrace` when requested."""
+    two keys. trace: per-layer :class:`LayerTrace` when requested. focus: the pixel decoder's Focus output
+    (token scores for the Focus loss) when that option is on, else None."""
 
     pred_logits: Tensor
     pred_masks: Tensor
     aux_outputs: list[dict[str, Tensor]] = field(default_factory=list)
     trace: list[LayerTrace] = field(default_factory=list)
+    focus: Any = None
 
 
 class SelfAttentionLayer(nn.Module):

@@ -9,7 +9,18 @@ from __future__ import annotations
 import argparse
 
 # The order here is the order of `faseg --help`.
-COMMAND_MODULES: tuple[str, ...] = ("info", "convert", "export", "verify", "serve")
+COMMAND_MODULES: tuple[str, ...] = (
+    "info",
+    "train",
+    "eval",
+    "demo_model",
+    "convert",
+    "export",
+    "verify",
+    "serve",
+    "bench",
+    "loadtest",
+)
 
 
 class CLIError(Exception):

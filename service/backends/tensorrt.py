@@ -11,7 +11,6 @@ An engine carries no ONNX metadata; classes, palette and input size come from a 
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 from pathlib import Path
@@ -115,8 +114,18 @@ class TensorRTBackend(Backend):
         metadata = read_sidecar_metadata(path)
         logger = trt.Logger(trt.Logger.WARNING)
         if plugin_library is not None:
-            # RTLD_GLOBAL: the plugin creators register themselves with TensorRT's global registry.
-            ctypes.CDLL(str(plugin_library), mode=ctypes.RTLD_GLOBAL)
+            # Our plugin library registers its creators through getCreators(), which only TensorRT's plugin
+            # registry calls (a plain dlopen registers nothing); the export layer owns that loading.
+            from faseg.export.tensorrt_runtime import (
+                TensorRTRuntimeError,
+                TensorRTUnavailableError,
+                load_plugin_library,
+            )
+
+            try:
+                load_plugin_library(plugin_library)
+            except (TensorRTUnavailableError, TensorRTRuntimeError) as exc:
+                raise BackendError(str(exc)) from exc
         trt.init_libnvinfer_plugins(logger, "")
         runtime = trt.Runtime(logger)
         engine = runtime.deserialize_cuda_engine(path.read_bytes())

@@ -1,0 +1,52 @@
+// Helpers shared by FASeg's TensorRT plugins: logging through the logger TensorRT hands to the
+// library (setLoggerFinder), plugin-field parsing, and shape-check utilities.
+//
+// Written for FASeg (Apache-2.0). Compiled against the TensorRT 10 headers; the plugin library does
+// not link libnvinfer (see fasegPlugins.cpp), so only header-inline TensorRT code may be used here.
+#pragma once
+
+#include <NvInferRuntime.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace faseg {
+namespace trt {
+
+// Name, version and namespace shared by the creators and the plugins (docs/plugin_contract.md §0).
+constexpr char const* kPluginVersion = "1";
+constexpr char const* kPluginNamespace = "";
+
+// Logs through the ILogger found by the ILoggerFinder given to setLoggerFinder(), or to stderr when
+// TensorRT has not provided one (e.g. a host-side test harness).
+void logMessage(nvinfer1::ILogger::Severity severity, std::string const& message) noexcept;
+inline void logError(std::string const& message) noexcept {
+  logMessage(nvinfer1::ILogger::Severity::kERROR, message);
+}
+inline void logWarning(std::string const& message) noexcept {
+  logMessage(nvinfer1::ILogger::Severity::kWARNING, message);
+}
+
+// Installs the logger finder (called by the exported setLoggerFinder).
+void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
+
+// Reads an integer field (kINT8/16/32/64, length 1) named `name` from fc. Returns true and sets
+// *value when found; returns false when absent. A present field with a non-integer type or a length
+// other than 1 sets *error.
+bool readIntField(nvinfer1::PluginFieldCollection const* fc, char const* name, int64_t* value, std::string* error);
+
+// "[a, b, c]" for messages (-1 for unknown dimensions).
+std::string dimsToString(nvinfer1::Dims const& dims);
+
+// True when both dimensions are known (>= 0) and differ.
+inline bool knownAndDifferent(int64_t a, int64_t b) { return a >= 0 && b >= 0 && a != b; }
+
+// Appends "<what> is <got>, expected <want>" to errors when both are known and differ.
+void expectDim(std::vector<std::string>& errors, char const* what, int64_t got, int64_t want);
+
+// Joins errors with "; ".
+std::string joinErrors(std::vector<std::string> const& errors);
+
+}  // namespace trt
+}  // namespace faseg

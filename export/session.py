@@ -1,0 +1,198 @@
+"""ONNX Runtime session for files written by ``faseg export onnx`` (used by ``faseg verify`` and the service).
+
+- **Providers**: TensorRT EP → CUDA EP → CPU, keeping those this onnxruntime build offers
+  (:func:`choose_providers`). ``device="cpu"`` forces CPU; ``device="cuda"`` fails when neither GPU provider
+  is installed; ``device="auto"`` takes whatever is there.
+- **Threads / optimisation**: ``intra_op_threads`` (0 = ORT's default, one per physical core),
+  ``inter_op_threads``, sequential execution, and the graph optimisation level (``all`` by default).
+- **Custom ops**: a file whose ``faseg.flavour`` metadata is ``plugin`` gets ``libfaseg_ort_ops.so``
+  registered before the session is created (:func:`faseg.export.custom_ops.register_custom_ops`); a missing
+  library is a :class:`~faseg.export.custom_ops.CustomOpsLibraryNotFoundError` naming the build command.
+- **I/O binding**: when the first provider is a GPU one, :meth:`OrtSession.run` binds the input once per call
+  (host → device copy by ORT) and lets the outputs be allocated on the device, then copies them back; on CPU
+  it calls ``session.run`` directly. (The GPU paths are written against onnxruntime-gpu's public API and are
+  not exercised on the CPU-only development machines.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TENSORRT_EP = "TensorrtExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+GPU_PROVIDERS = (TENSORRT_EP, CUDA_EP)
+DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+META_FLAVOUR = "faseg.flavour"
+META_PRECISION = "faseg.precision"
+META_INPUT_SIZE = "faseg.input_size"
+PLUGIN_FLAVOUR = "plugin"
+
+
+class SessionError(RuntimeError):
+    """The ONNX file cannot be opened as asked."""
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    device: str = "auto"
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    graph_optimization: str = "all"
+    #: TensorRT EP engine / timing cache folder (None: ~/.cache/faseg/ort-trt-engines).
+    trt_cache_dir: Path | None = None
+    #: ORT profiling: a JSON trace per session is written with this file prefix (None: off).
+    profile_prefix: str | None = None
+    extra_options: dict[str, str] = field(default_factory=dict)  # SessionOptions.add_session_config_entry
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise SessionError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
+        if self.graph_optimization not in OPTIMIZATION_LEVELS:
+            raise SessionError(
+                f"unknown graph optimisation level {self.graph_optimization!r}; "
+                f"choose from {', '.join(OPTIMIZATION_LEVELS)}"
+            )
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise SessionError("thread counts must be ≥ 0 (0 = onnxruntime's default)")
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file (weights are parsed too, but no session is created)."""
+    import onnx
+
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # DecodeError, OSError, ... for files that are not ONNX
+        raise SessionError(f"cannot read ONNX model {str(path)!r}: {exc}") from exc
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def choose_providers(
+    device: str, available: Sequence[str], *, precision: str = "fp32", trt_cache_dir: Path | None = None
+) -> list[str | tuple[str, dict[str, Any]]]:
+    """Provider list in priority order: TensorRT EP → CUDA EP → CPU (those in ``available``)."""
+    if device not in DEVICES:
+        raise SessionError(f"unknown device {device!r}; choose from {', '.join(DEVICES)}")
+    if device == "cpu":
+        return [CPU_EP]
+    providers: list[str | tuple[str, dict[str, Any]]] = []
+    if TENSORRT_EP in available:
+        cache = Path(trt_cache_dir or Path.home() / ".cache" / "faseg" / "ort-trt-engines")
+        providers.append(
+            (
+                TENSORRT_EP,
+                {
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(cache),
+                    "trt_timing_cache_enable": True,
+                    "trt_fp16_enable": precision == "fp16",
+                },
+            )
+        )
+    if CUDA_EP in available:
+        providers.append(CUDA_EP)
+    if device == "cuda" and not providers:
+        raise SessionError(
+            f"device cuda requested but this onnxruntime offers only {list(available)}; install onnxruntime-gpu"
+        )
+    providers.append(CPU_EP)
+    return providers
+
+
+def session_options(config: SessionConfig, *, plugin: bool) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = config.inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[config.graph_optimization]
+    if config.profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = config.profile_prefix
+    for key, value in config.extra_options.items():
+        options.add_session_config_entry(key, value)
+    if plugin:
+        from faseg.export.custom_ops import register_custom_ops  # only plugin-flavour files need it
+
+        register_custom_ops(options)
+    return options
+
+
+class OrtSession:
+    """One ``onnxruntime.InferenceSession`` over an exported FASeg file."""
+
+    def __init__(self, path: str | os.PathLike[str], config: SessionConfig | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.config = config or SessionConfig()
+        if not self.path.is_file():
+            raise SessionError(f"ONNX model {str(self.path)!r} does not exist")
+        self.metadata = read_metadata(self.path)
+        self.flavour = self.metadata.get(META_FLAVOUR, "portable")
+        self.precision = self.metadata.get(META_PRECISION, "fp32")
+        options = session_options(self.config, plugin=self.flavour == PLUGIN_FLAVOUR)
+        providers = choose_providers(
+            self.config.device,
+            ort.get_available_providers(),
+            precision=self.precision,
+            trt_cache_dir=self.config.trt_cache_dir,
+        )
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            raise SessionError(f"onnxruntime cannot load {str(self.path)!r}: {exc}") from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.providers[0] in GPU_PROVIDERS
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(H, W) of the file's bucket, from the graph (or the metadata when the graph leaves it dynamic)."""
+        shape = self.session.get_inputs()[0].shape
+        if len(shape) == 4 and isinstance(shape[1], int) and isinstance(shape[2], int):
+            return shape[1], shape[2]
+        if META_INPUT_SIZE in self.metadata:
+            h, w = json.loads(self.metadata[META_INPUT_SIZE])
+            return int(h), int(w)
+        return None
+
+    def run(self, images: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """images uint8 (N, H, W, 3) -> {output name: array} (all outputs unless ``outputs`` names some)."""
+        names = list(outputs) if outputs is not None else self.output_names
+        images = np.ascontiguousarray(images)
+        if not self.on_gpu:
+            return dict(zip(names, self.session.run(names, {self.input_name: images})))
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_name, images)
+        for name in names:
+            binding.bind_output(name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return dict(zip(names, binding.copy_outputs_to_cpu()))
+
+    def end_profiling(self) -> str | None:
+        """Stop profiling and return the trace file (None when profiling is off)."""
+        return self.session.end_profiling() if self.config.profile_prefix else None

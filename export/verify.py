@@ -1,0 +1,361 @@
+"""``faseg verify``: the same images through torch, ONNX Runtime and (when available) TensorRT.
+
+Inputs: scikit-image's sample photographs (astronaut, coffee, chelsea, rocket), letterboxed into the model
+input exactly as the service does it (aspect kept, top-left on a black canvas), plus seeded random images
+(uniform noise and smooth random blobs). They run in batches of ``batch_size`` through
+
+- torch: the checkpoint's :class:`faseg.model.ServingHead` with the reference ops, fp32 — the reference;
+- ONNX Runtime: :class:`faseg.export.session.OrtSession` (custom ops registered for plugin-flavour files);
+- TensorRT: :mod:`faseg.export.tensorrt_verify`, imported only here and only when TensorRT is asked for.
+
+Per runtime the report holds ``label_agreement`` (fraction of pixels whose label equals torch's),
+``logits_max_abs`` / ``logits_max_rel`` over ``pred_logits`` and ``pred_masks`` (rel = max abs error divided
+by the largest reference magnitude of that output; None when the file has no logits outputs), and
+``confidence_max_abs``. A runtime passes when every measured value is within :data:`TOLERANCES` of the file's
+precision. The run passes when every runtime that ran passes and a runtime that was explicitly requested
+(``--engine``) was available.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+LOGIT_OUTPUTS = ("pred_logits", "pred_masks")
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    label_agreement: float  # minimum fraction of equal pixels
+    logits_max_abs: float  # maximum |runtime − torch| on pred_logits and pred_masks
+    confidence_max_abs: float  # maximum |runtime − torch| on confidence
+
+
+#: By the file's precision. fp32 is the issue's acceptance bar; fp16 follows export_anchors.md §6.
+TOLERANCES = {
+    "fp32": Tolerances(label_agreement=0.999, logits_max_abs=1e-3, confidence_max_abs=1e-3),
+    "fp16": Tolerances(label_agreement=0.995, logits_max_abs=2e-2, confidence_max_abs=2e-2),
+}
+
+
+class VerifyError(ValueError):
+    """Verification cannot run (missing model, mismatching checkpoint and file, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------------
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 (h, w, 3) -> (H, W, 3): scaled to fit with its aspect ratio, top-left on black (as the service)."""
+    from PIL import Image
+
+    in_h, in_w = size
+    h, w = image.shape[:2]
+    scale = min(in_w / w, in_h / h)
+    cw, ch = min(in_w, max(1, round(w * scale))), min(in_h, max(1, round(h * scale)))
+    pil = Image.fromarray(np.ascontiguousarray(image[..., :3]))
+    if pil.size != (cw, ch):
+        pil = pil.resize((cw, ch), Image.Resampling.BILINEAR)
+    canvas = np.zeros((in_h, in_w, 3), dtype=np.uint8)
+    canvas[:ch, :cw] = np.asarray(pil)
+    return canvas
+
+
+def random_images(count: int, size: tuple[int, int], seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """Alternately uniform noise and smooth random blobs (noise upsampled from a coarse grid)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    images = []
+    for i in range(count):
+        if i % 2 == 0:
+            images.append((f"random_noise_{i}", rng.integers(0, 256, (h, w, 3), dtype=np.uint8)))
+        else:
+            coarse = rng.integers(0, 256, (max(1, h // 32), max(1, w // 32), 3), dtype=np.uint8)
+            smooth = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC))
+            images.append((f"random_blobs_{i}", smooth))
+    return images
+
+
+def verification_images(
+    size: tuple[int, int], photos: Sequence[str] = SAMPLE_PHOTOS, n_random: int = 2, seed: int = 0
+) -> tuple[list[str], np.ndarray]:
+    """Names and a uint8 (N, H, W, 3) batch: the letterboxed sample photos, then the random images."""
+    try:
+        import skimage.data
+    except ImportError:
+        raise VerifyError("faseg verify needs scikit-image for its sample photos: pip install scikit-image") from None
+    named = [(name, letterbox(getattr(skimage.data, name)(), size)) for name in photos]
+    named += random_images(n_random, size, seed)
+    if not named:
+        raise VerifyError("no verification images (no photos and --random 0)")
+    return [n for n, _ in named], np.stack([img for _, img in named])
+
+
+# ---------------------------------------------------------------------------------------------------
+# runtimes
+# ---------------------------------------------------------------------------------------------------
+
+Runner = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def run_batched(runner: Runner, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    """Run ``runner`` over ``images`` in batches and concatenate every output along the batch axis."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(images), batch_size):
+        for name, value in runner(images[start : start + batch_size]).items():
+            parts.setdefault(name, []).append(np.asarray(value))
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def torch_runner(model: Any) -> Runner:
+    """The reference: ServingHead with logits, reference ops, fp32, on the model's device."""
+    import torch
+    from faseg.model import ServingHead
+    from faseg.model.ops import OP_NAMES, register_kernel, registered_kernel
+
+    head = ServingHead(model, with_logits=True).eval()
+    device = next(model.parameters()).device
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        saved = {op: registered_kernel(op, device.type) for op in OP_NAMES}
+        try:
+            for op in OP_NAMES:  # the reference, whatever fused kernel is registered
+                register_kernel(op, device.type, None)
+            with torch.no_grad():
+                out = head(torch.from_numpy(batch).to(device))
+        finally:
+            for op, fn in saved.items():
+                register_kernel(op, device.type, fn)
+        names = ("labels", "confidence", *LOGIT_OUTPUTS)
+        return {name: t.cpu().numpy() for name, t in zip(names, out)}
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------
+# comparison
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    status: str  # "ok", "failed", "unavailable: <reason>" or "error: <reason>"
+    label_agreement: float | None = None
+    logits_max_abs: float | None = None
+    logits_max_rel: float | None = None
+    confidence_max_abs: float | None = None
+    per_output: dict[str, dict[str, float]] | None = None
+    failures: list[str] | None = None
+    seconds: float | None = None
+    details: dict[str, Any] | None = None
+
+    @property
+    def ran(self) -> bool:
+        return self.status in ("ok", "failed")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _errors(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
+    if ref.shape != out.shape:
+        raise VerifyError(f"shape mismatch: torch {ref.shape} vs runtime {out.shape}")
+    diff = np.abs(ref64 - out64)
+    finite = bool(np.isfinite(out64).all())
+    max_abs = float(diff.max()) if finite else float("inf")
+    scale = float(np.abs(ref64).max()) or 1.0
+    return {"max_abs": max_abs, "max_rel": max_abs / scale, "mean_abs": float(diff.mean()) if finite else float("inf")}
+
+
+def compare(reference: dict[str, np.ndarray], outputs: dict[str, np.ndarray], tolerances: Tolerances) -> Comparison:
+    """Measure ``outputs`` of one runtime against the torch ``reference`` and apply ``tolerances``."""
+    result = Comparison(status="ok", per_output={}, failures=[])
+    if "labels" in outputs:
+        if outputs["labels"].shape != reference["labels"].shape:
+            raise VerifyError(f"labels shape {outputs['labels'].shape} vs torch {reference['labels'].shape}")
+        result.label_agreement = float((outputs["labels"].astype(np.int64) == reference["labels"]).mean())
+        if result.label_agreement < tolerances.label_agreement:
+            result.failures.append(f"label_agreement {result.label_agreement:.6f} < {tolerances.label_agreement}")
+    if "confidence" in outputs:
+        errors = _errors(reference["confidence"], outputs["confidence"])
+        result.per_output["confidence"] = errors
+        result.confidence_max_abs = errors["max_abs"]
+        if not errors["max_abs"] <= tolerances.confidence_max_abs:
+            result.failures.append(f"confidence_max_abs {errors['max_abs']:.3g} > {tolerances.confidence_max_abs}")
+    present = [name for name in LOGIT_OUTPUTS if name in outputs]
+    if present:
+        for name in present:
+            result.per_output[name] = _errors(reference[name], outputs[name])
+        result.logits_max_abs = max(result.per_output[n]["max_abs"] for n in present)
+        result.logits_max_rel = max(result.per_output[n]["max_rel"] for n in present)
+        if not result.logits_max_abs <= tolerances.logits_max_abs:
+            result.failures.append(f"logits_max_abs {result.logits_max_abs:.3g} > {tolerances.logits_max_abs}")
+    if result.failures:
+        result.status = "failed"
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# verify
+# ---------------------------------------------------------------------------------------------------
+
+
+def default_checkpoint() -> Path:
+    """The bundled demo model (``faseg.model.demo``), with a clear error while it is not available."""
+    try:
+        from faseg.model.demo import demo_checkpoint_dir
+    except ImportError as exc:
+        raise VerifyError(
+            f"no --checkpoint given and the bundled demo model is not available ({exc}); pass --checkpoint DIR"
+        ) from None
+    return Path(demo_checkpoint_dir())
+
+
+def _check_against_checkpoint(metadata: dict[str, str], model: Any, onnx_path: Path) -> None:
+    classes = metadata.get("faseg.classes")
+    if classes is not None and len(json.loads(classes)) != model.num_classes:
+        raise VerifyError(
+            f"{onnx_path} was exported for {len(json.loads(classes))} classes but the checkpoint has "
+            f"{model.num_classes}; verify it against the checkpoint it was exported from"
+        )
+    preset = metadata.get("faseg.preset")
+    if preset is not None and preset != model.cfg.name:
+        raise VerifyError(f"{onnx_path} was exported from preset {preset!r}, the checkpoint is {model.cfg.name!r}")
+
+
+def _run_tensorrt(
+    onnx_path: Path,
+    engine: Path | None,
+    images: np.ndarray,
+    batch_size: int,
+    reference: dict[str, np.ndarray],
+    tolerances: Tolerances,
+) -> Comparison:
+    from faseg.export import tensorrt_verify  # imported only when TensorRT is tried
+
+    reason = tensorrt_verify.unavailable_reason()
+    if reason is not None:
+        return Comparison(status=f"unavailable: {reason}")
+    start = time.perf_counter()
+    try:
+        runner = tensorrt_verify.TensorRTRunner(onnx_path=onnx_path, engine_path=engine, max_batch=batch_size)
+        outputs = run_batched(runner, images, batch_size)
+    except tensorrt_verify.TensorRTUnavailable as exc:
+        return Comparison(status=f"unavailable: {exc}")
+    except Exception as exc:  # a runtime that crashes is a failed verification, reported in the JSON
+        return Comparison(status=f"error: {type(exc).__name__}: {exc}", failures=[str(exc)])
+    result = compare(reference, outputs, tolerances)
+    result.seconds = round(time.perf_counter() - start, 3)
+    result.details = {"engine": str(engine) if engine else "built from the ONNX file"}
+    return result
+
+
+def verify(
+    onnx_path: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | None = None,
+    *,
+    engine: str | os.PathLike[str] | None = None,
+    tensorrt: str = "auto",
+    batch_size: int = 2,
+    n_random: int = 2,
+    photos: Sequence[str] = SAMPLE_PHOTOS,
+    device: str = "cpu",
+    intra_op_threads: int = 0,
+    tolerances: Tolerances | None = None,
+) -> dict[str, Any]:
+    """Run the comparison and return the report (see the module docstring); ``report["passed"]`` is the verdict.
+
+    ``tensorrt``: "auto" (try when TensorRT can be imported), "on" (required), "off". ``engine`` implies "on".
+    """
+    from faseg.export.onnx_export import load_checkpoint
+    from faseg.export.session import OrtSession, SessionConfig, SessionError
+
+    if batch_size < 1:
+        raise VerifyError("--batch-size must be ≥ 1")
+    if tensorrt not in ("auto", "on", "off"):
+        raise VerifyError(f"tensorrt must be auto, on or off, not {tensorrt!r}")
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise VerifyError(f"ONNX file {str(onnx_path)!r} does not exist")
+    checkpoint = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+    model = load_checkpoint(checkpoint)
+    try:
+        session = OrtSession(onnx_path, SessionConfig(device=device, intra_op_threads=intra_op_threads))
+    except SessionError as exc:
+        raise VerifyError(str(exc)) from exc
+    _check_against_checkpoint(session.metadata, model, onnx_path)
+    size = session.input_size
+    if size is None:
+        raise VerifyError(f"{onnx_path} states no fixed input size (graph or faseg.input_size metadata)")
+    precision = session.precision
+    tol = tolerances or TOLERANCES.get(precision, TOLERANCES["fp32"])
+
+    names, images = verification_images(size, photos, n_random)
+    start = time.perf_counter()
+    reference = run_batched(torch_runner(model), images, batch_size)
+    torch_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    ort_outputs = run_batched(session.run, images, batch_size)
+    ort = compare(reference, ort_outputs, tol)
+    ort.seconds = round(time.perf_counter() - start, 3)
+    ort.details = {"providers": session.providers, "outputs": session.output_names}
+    if not any(name in ort_outputs for name in LOGIT_OUTPUTS):
+        ort.details["note"] = "the file has no logits outputs (export with --outputs labels,confidence,logits)"
+
+    engine_path = Path(engine) if engine is not None else None
+    if engine_path is not None and not engine_path.is_file():
+        raise VerifyError(f"TensorRT engine {str(engine_path)!r} does not exist")
+    trt_required = engine_path is not None or tensorrt == "on"
+    if tensorrt == "off" and engine_path is None:
+        trt = Comparison(status="unavailable: disabled (--tensorrt off)")
+    else:
+        trt = _run_tensorrt(onnx_path, engine_path, images, batch_size, reference, tol)
+
+    trt_ok = trt.status == "ok" or (trt.status.startswith("unavailable") and not trt_required)
+    passed = ort.status == "ok" and trt_ok
+    return {
+        "onnx": str(onnx_path),
+        "engine": str(engine_path) if engine_path else None,
+        "checkpoint": str(checkpoint),
+        "flavour": session.flavour,
+        "precision": precision,
+        "input_size": list(size),
+        "images": names,
+        "batch_size": batch_size,
+        "tolerances": asdict(tol),
+        "torch": {"seconds": round(torch_seconds, 3), "device": str(next(model.parameters()).device)},
+        "onnxruntime": ort.to_dict(),
+        "tensorrt": trt.to_dict(),
+        "passed": passed,
+    }
+
+
+__all__ = [
+    "SAMPLE_PHOTOS",
+    "TOLERANCES",
+    "Comparison",
+    "Tolerances",
+    "VerifyError",
+    "compare",
+    "default_checkpoint",
+    "letterbox",
+    "random_images",
+    "run_batched",
+    "torch_runner",
+    "verification_images",
+    "verify",
+]
