@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup test test-slow test-all lint info serve custom-ops clean
+.PHONY: setup test test-slow test-all lint info serve custom-ops cuda-check container-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,13 @@ setup: $(STAMP)
 
 custom-ops: setup
 	bash export/plugins/build.sh
+
+cuda-check: setup
+	bash export/plugins/build_cuda.sh
+
+# Builds the CPU image with podman and runs tests/deployment (incl. the slow image and compose-stack tests).
+container-check: setup
+	bash docker/ci_check.sh
 
 lint: setup
 	$(BIN)/ruff check faseg model export service tests benchmarks
