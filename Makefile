@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+# OpenMP threads that spin-wait make each step of a CPU job many times slower on a shared 2-core machine.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup test test-slow test-all lint info serve custom-ops cuda-check container-check clean
 

@@ -28,19 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from faseg.machine import cpu_name
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_PORTABLE_VS_TORCH = 0.8
 TARGET_PLUGIN_VS_PORTABLE = 1.0
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_info(threads: int) -> dict:

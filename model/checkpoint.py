@@ -113,6 +113,7 @@ def _atomic_write(target: Path, write: Any) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be read by others (images, CI)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -285,8 +285,13 @@ class _MacCounterMode(TorchDispatchMode):
                 report = self.report
                 report.total += macs
                 report.by_op[name] = report.by_op.get(name, 0) + macs
-                # a module can appear twice on the stack (re-entrant call); count it once
-                for module_name in dict.fromkeys(self.stack):
+                # Every active module, plus every name-prefix of the innermost one: containers that are never
+                # called themselves (nn.ModuleList) still sum their children. Each name counts once.
+                names = set(self.stack)
+                if self.stack:
+                    parts = self.stack[-1].split(".")
+                    names.update(".".join(parts[:i]) for i in range(len(parts) + 1))
+                for module_name in names:
                     if module_name in report.by_module:
                         report.by_module[module_name] += macs
         return out

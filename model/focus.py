@@ -222,8 +222,8 @@ class FocusMSDeformAttnEncoder(MSDeformAttnTransformerEncoderOnly):
     """The deformable encoder with Focus selection (module docstring). Same parameter names as the dense
     encoder plus ``focus.*``, so a dense checkpoint loads with only the ``focus.*`` keys missing.
 
-    ``forward(srcs, pos)`` returns the (B, S, C) tokens like the dense encoder; the pixel decoder calls
-    :meth:`forward_with_focus` and hands the :class:`FocusOutput` on in the model output (``out.focus``).
+    ``forward(srcs, pos)`` returns the (B, S, C) tokens and the :class:`FocusOutput` (the dense encoder returns
+    None in its place); the pixel decoder hands it on in the model output (``out.focus``).
     """
 
     def __init__(self, cfg: PixelDecoderConfig, n_levels: int) -> None:
@@ -233,10 +233,7 @@ class FocusMSDeformAttnEncoder(MSDeformAttnTransformerEncoderOnly):
         self.keep_ratios = layer_keep_ratios(cfg.focus, cfg.encoder_layers)
         self.focus = FocusModules(cfg, n_levels)
 
-    def forward(self, srcs: list[Tensor], pos: list[Tensor]) -> Tensor:
-        return self.forward_with_focus(srcs, pos)[0]
-
-    def forward_with_focus(self, srcs: list[Tensor], pos: list[Tensor]) -> tuple[Tensor, FocusOutput]:
+    def forward(self, srcs: list[Tensor], pos: list[Tensor]) -> tuple[Tensor, FocusOutput]:  # type: ignore[override]
         """srcs, pos: per level (B, C, H_l, W_l), low resolution first -> ((B, S, C) tokens, FocusOutput)."""
         src_flat, pos_flat, spatial_shapes = self.flatten_inputs(srcs, pos)
         sizes = [h * w for h, w in spatial_shapes]

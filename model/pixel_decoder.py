@@ -213,15 +213,16 @@ class MSDeformAttnTransformerEncoderOnly(nn.Module):
         )  # (B, S, C)
         return src_flat, pos_flat, spatial_shapes
 
-    def forward(self, srcs: list[Tensor], pos: list[Tensor]) -> Tensor:
-        """srcs, pos: per level (B, C, H_l, W_l), low resolution first -> (B, S, C) refined tokens."""
+    def forward(self, srcs: list[Tensor], pos: list[Tensor]) -> tuple[Tensor, None]:
+        """srcs, pos: per level (B, C, H_l, W_l), low resolution first -> (B, S, C) refined tokens, and None
+        where the Focus encoder returns its token selection (one calling convention for both)."""
         src_flat, pos_flat, spatial_shapes = self.flatten_inputs(srcs, pos)
         ref = encoder_reference_points(spatial_shapes, src_flat.device)  # (S, 2)
         ref = ref[None, :, None, :].expand(src_flat.shape[0], -1, self.n_levels, 2)  # (B, S, L, 2)
         out = src_flat
         for layer in self.encoder.layers:
             out = layer(out, pos_flat, ref, spatial_shapes)
-        return out
+        return out, None
 
 
 class MSDeformAttnPixelDecoder(nn.Module):
@@ -279,7 +280,6 @@ class MSDeformAttnPixelDecoder(nn.Module):
                 nn.Parameter(torch.randn(1, conv_dim, max(base // s, 1), max(base // s, 1)) * 0.02) for s in strides
             )
 
-        self.focus_enabled = cfg.focus.enabled
         if cfg.focus.enabled:
             from .focus import FocusMSDeformAttnEncoder  # focus.py imports this module
 
@@ -331,10 +331,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             res2_proj = self.input_proj[len(srcs)](res2) if self.project_res2 else res2
             hr_pos = self._key_pe(len(srcs), res2_proj)
 
-        if self.focus_enabled:
-            tokens, focus = self.transformer.forward_with_focus(srcs, pos)  # (B, S, C), FocusOutput
-        else:
-            tokens, focus = self.transformer(srcs, pos), None  # (B, S, C)
+        tokens, focus = self.transformer(srcs, pos)  # (B, S, C), FocusOutput | None
         b = tokens.shape[0]
         outs = []
         for chunk, src in zip(tokens.split([s.shape[2] * s.shape[3] for s in srcs], dim=1), srcs):

@@ -29,7 +29,7 @@ from .imaging.decode import DecodedImage, decode_image
 from .imaging.encode import label_png, overlay_jpeg
 from .imaging.letterbox import Letterbox, fit, letterbox, restore
 from .imaging.rle import class_rles
-from .imaging.stats import class_stats
+from .imaging.stats import class_stats_resized
 from .metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 OUTPUT_NAMES = ("stats", "rle", "png", "overlay")
 # Internal output: the label array itself (the KServe v2 LABELS tensor).
 LABELS_OUTPUT = "labels"
+# Outputs made from the label map at the output size (the others need only the model-resolution map).
+MAP_OUTPUTS = frozenset({"rle", "png", LABELS_OUTPUT})
 OutputSize = Literal["original", "model"]
 MS_PER_S = 1000.0
 
@@ -200,11 +202,14 @@ class Pipeline:
         started = time.monotonic()
         box = prepared.box
         size = box.original_size if options.output_size == "original" else None
-        labels = restore(result.labels, box, size)  # (h, w)
-        out_size = (labels.shape[1], labels.shape[0])
+        crop = restore(result.labels, box)  # (h, w) at model resolution, letterbox padding cropped
+        out_size = size or (crop.shape[1], crop.shape[0])  # (W, H) of the label outputs
+        # The label map at the output size is built only for the outputs that carry it; the statistics are
+        # computed exactly from the model-resolution crop (several times less work for large images).
+        labels = restore(result.labels, box, size) if options.outputs & MAP_OUTPUTS else crop
         fields: dict[str, Any] = {}
         if "stats" in options.outputs:
-            fields["stats"] = class_stats(labels, self.backend.classes)
+            fields["stats"] = class_stats_resized(crop, self.backend.classes, out_size)
         postprocess_s = time.monotonic() - started
         encode_started = time.monotonic()
         png = None

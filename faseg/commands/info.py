@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = get_preset(args.preset, args.overrides)
     size = parse_size(args.size) if args.size else cfg.default_input_size
-    info = describe(cfg, size)
+    info = describe(cfg, size, max_depth=args.depth)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -32,5 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", default="faseg_r50_ade20k", help="preset name (default: faseg_r50_ade20k)")
     parser.add_argument("--size", help="input HxW, multiples of 32 (default: the preset's input size)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--depth",
+        type=int,
+        default=2,
+        help="module depth of the breakdown (default 2; 3 shows e.g. sem_seg_head.pixel_decoder.transformer)",
+    )
     add_overrides(parser)
     parser.set_defaults(func=run)

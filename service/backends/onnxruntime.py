@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 TENSORRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
+ALLOW_SPINNING_KEY = "session.intra_op.allow_spinning"
 PLUGIN_FLAVOUR = "plugin"
 # ONNX Runtime reports allocation failures as generic RuntimeExceptions; these are the messages of its
 # BFC arena and of the CUDA / TensorRT providers.
@@ -106,6 +107,12 @@ class OnnxRuntimeBackend(Backend):
         metadata = read_metadata(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
+        if device == "cpu":
+            # ONNX Runtime's intra-op threads spin-wait after every run by default. In the service the same
+            # cores decode, post-process and serve HTTP between runs, and the spinning threads starve them:
+            # on the 2-core development machines it halved faseg_tiny's (the demo model's) HTTP throughput at c=1
+            # while the raw backend was unchanged (benchmarks/ort_spinning.py, docs/benchmarks.md).
+            options.add_session_config_entry(ALLOW_SPINNING_KEY, "0")
         options.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

@@ -1,24 +1,68 @@
 """Where `faseg serve` finds its model when none is given (DESIGN §6, "embedded default").
 
-The bundled demo model is exported to ONNX and cached under ``Settings.cache_dir`` on first start. That
-export lives with the demo-model work; until it lands this hook says so plainly instead of guessing.
+The bundled demo checkpoint (``faseg.model.demo.demo_checkpoint_dir()``) is exported to a portable ONNX file
+on first start and cached under ``Settings.cache_dir`` as ``demo-<hash>.onnx``, the hash covering the
+checkpoint's weights and config, so a new demo model never reuses a stale export. The file is written to a
+temporary name and renamed, so concurrent first starts cannot serve a half-written graph.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = Path("~/.cache/faseg")
 
 
 class DefaultModelUnavailable(RuntimeError):
     """No model was given and the bundled demo model cannot be produced."""
 
 
+def _digest(checkpoint: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        with open(checkpoint / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def resolve_default_model(cache_dir: Path | None = None) -> Path:
     """Path of the ONNX file to serve when ``--model`` is not given, exporting and caching it if needed.
 
-    ``cache_dir`` is ``Settings.cache_dir`` (``None``: the default cache directory).
+    ``cache_dir`` is ``Settings.cache_dir`` (``None``: ``~/.cache/faseg``).
     """
-    raise DefaultModelUnavailable(
-        "no bundled demo model yet: pass --model DIR|FILE.onnx|FILE.plan or set FASEG_MODEL "
-        "(the demo model will be exported into the cache directory on first start once it exists)"
-    )
+    from faseg.model.demo import demo_checkpoint_dir
+
+    checkpoint = demo_checkpoint_dir()
+    if not (checkpoint / "model.safetensors").is_file() or not (checkpoint / "config.json").is_file():
+        raise DefaultModelUnavailable(
+            f"the bundled demo model is missing from {checkpoint}: pass --model DIR|FILE.onnx|FILE.plan or set "
+            "FASEG_MODEL"
+        )
+    cache = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
+    target = cache / f"demo-{_digest(checkpoint)}.onnx"
+    if target.is_file():
+        return target
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DefaultModelUnavailable(f"cannot create the cache directory {cache}: {exc}") from exc
+
+    from faseg.export.onnx_export import ExportOptions, export_checkpoint
+
+    log.info("exporting the bundled demo model to %s (first start)", target)
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".demo-", suffix=".onnx")
+    os.close(fd)
+    try:
+        export_checkpoint(checkpoint, tmp, ExportOptions(flavour="portable"))
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target

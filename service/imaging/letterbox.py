@@ -39,7 +39,7 @@ def letterbox(image: Image.Image, box: Letterbox) -> np.ndarray:
     return canvas
 
 
-def _nearest_indices(src: int, dst: int) -> np.ndarray:
+def nearest_indices(src: int, dst: int) -> np.ndarray:
     """Source index of each destination pixel for a nearest-neighbour resize (pixel centres aligned)."""
     return np.minimum(((np.arange(dst) + 0.5) * (src / dst)).astype(np.int64), src - 1)
 
@@ -52,4 +52,4 @@ def restore(labels: np.ndarray, box: Letterbox, size: tuple[int, int] | None = N
     if size is None or size == (cw, ch):
         return np.ascontiguousarray(crop)
     w, h = size
-    return crop.take(_nearest_indices(ch, h), axis=0).take(_nearest_indices(cw, w), axis=1)
+    return crop.take(nearest_indices(ch, h), axis=0).take(nearest_indices(cw, w), axis=1)

@@ -96,7 +96,7 @@ def test_unselected_tokens_pass_through_unchanged() -> None:
     srcs, pos = _inputs()
     src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)  # (B, S, C)
     with torch.no_grad():
-        out, focus = enc.forward_with_focus(srcs, pos)
+        out, focus = enc(srcs, pos)
     sizes = [h * w for h, w in SHAPES]
     # cascaded: fixed k per layer and level, each layer's set inside the previous one's
     for i, idx in enumerate(focus.indices):
@@ -119,7 +119,7 @@ def test_selection_follows_the_scores() -> None:
     srcs, pos = _inputs()
     src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
     with torch.no_grad():
-        out, focus = enc.forward_with_focus(srcs, pos)
+        out, focus = enc(srcs, pos)
     assert torch.equal(focus.scores, torch.cat(fixed, 1))
     for i, idx in enumerate(focus.indices):
         expected, start = [], 0
@@ -147,7 +147,7 @@ def test_keep_all_without_dual_attention_equals_dense_encoder() -> None:
     assert missing == [] and all(k.startswith("focus.") for k in unexpected)
     srcs, pos = _inputs()
     with torch.no_grad():
-        torch.testing.assert_close(enc(srcs, pos), dense(srcs, pos), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(enc(srcs, pos)[0], dense(srcs, pos)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_dense_checkpoint_loads_with_only_focus_keys_missing() -> None:

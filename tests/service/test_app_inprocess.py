@@ -73,9 +73,11 @@ def _run_module(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
-def test_no_model_exits_with_a_clear_message() -> None:
-    result = _run_module()
-    assert result.returncode == 2 and "no bundled demo model yet" in result.stderr
+def test_unusable_cache_dir_for_the_default_model_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    result = _run_module("--cache-dir", str(blocker / "cache"), "--port", str(free_port()))
+    assert result.returncode == 2 and "cannot create the cache directory" in result.stderr
 
 
 def test_invalid_settings_exit_2() -> None:

@@ -69,8 +69,35 @@ def test_effective_fills_derived_values(tmp_path: Path) -> None:
     assert Settings(model=tmp_path).effective().backend == "torch"
 
 
-def test_no_model_resolves_the_default_model_hook() -> None:
-    with pytest.raises(DefaultModelUnavailable, match="no bundled demo model"):
-        resolve_default_model()
+def _fake_demo(monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+    import faseg.model.demo
+
+    monkeypatch.setattr(faseg.model.demo, "demo_checkpoint_dir", lambda: directory)
+
+
+def test_missing_demo_model_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_demo(monkeypatch, tmp_path / "nowhere")
+    with pytest.raises(DefaultModelUnavailable, match="demo model is missing"):
+        resolve_default_model(tmp_path / "cache")
     with pytest.raises(DefaultModelUnavailable):
-        effective_settings(Settings())
+        effective_settings(Settings(cache_dir=tmp_path / "cache"))
+
+
+def test_default_model_is_exported_once_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx
+    import torch
+    from faseg.model import build_model, get_preset
+    from faseg.model.checkpoint import save_pretrained
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("faseg_tiny", ["decoder.dec_layers=5"]))
+    save_pretrained(model, tmp_path / "demo", input_size=(192, 192))  # S0 = 36 → HRCA k = 1
+    _fake_demo(monkeypatch, tmp_path / "demo")
+    first = resolve_default_model(tmp_path / "cache")
+    assert first.parent == tmp_path / "cache" and first.name.startswith("demo-") and first.suffix == ".onnx"
+    meta = {p.key: p.value for p in onnx.load(first).metadata_props}
+    assert meta["faseg.input_size"] == "[192, 192]"
+    stamp = first.stat().st_mtime_ns
+    assert resolve_default_model(tmp_path / "cache") == first  # cached: not exported again
+    assert first.stat().st_mtime_ns == stamp
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.name]  # no temporary left behind

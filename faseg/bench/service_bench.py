@@ -1,0 +1,512 @@
+"""`faseg bench service`: the parity run — one model through the raw backend and through our HTTP service,
+measured side by side in one run, giving the service's overhead as a ratio (like LitServe's
+``tests/parity_fastapi``).
+
+Order of a run (the development machines are shared, so every comparison is interleaved or bracketed):
+  1. the raw backend is loaded in this process exactly as the server loads it (``Settings`` →
+     ``load_backend``) and fed the same images the load test sends, decoded and letterboxed by the
+     service's own code; it is timed at every batch size 1 … ``max_batch_size`` (rounds, median);
+  2. two servers (``python -m faseg.service``) start on free loopback ports: one with dynamic batching
+     (``--max-batch-size``), one with ``--max-batch-size 1``; an idle server uses no CPU;
+  3. paired latency: rounds of sequential HTTP requests (concurrency 1) alternating with raw batch-1 runs
+     on the same images;
+  4. a closed-loop concurrency sweep (``faseg.loadtest``) against the batching server;
+  5. paired throughput: rounds of HTTP at the sweep's best concurrency alternating with the raw backend
+     at the batch size the server formed in that round;
+  6. the effect of dynamic batching: the highest concurrency, alternating between the two servers;
+  7. the raw backend timed again; the raw table used is the mean of before and after.
+
+Ratios: HTTP images/s at the best concurrency ÷ raw images/s at the mean batch size the server actually
+formed there (interpolated between the neighbouring batch sizes; median of the paired rounds; target
+≥ 0.9); paired HTTP p50 at
+concurrency 1 − raw batch-1 p50 (target ≤ 15 ms); HTTP images/s at the highest concurrency with batching ÷
+with ``max_batch_size=1`` (medians of the rounds). The load generator runs on the same machine: its CPU
+use is part of the measurement and is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import math
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import numpy as np
+
+from faseg.loadtest import LoadTestConfig, write_report
+from faseg.loadtest import run as run_loadtest
+from faseg.loadtest.client import make_transport
+from faseg.loadtest.images import Payload
+from faseg.loadtest.report import environment
+
+from .model_bench import latency_row
+
+SCHEMA = "faseg.bench.service/1"
+TARGET_THROUGHPUT_RATIO = 0.9
+TARGET_P50_OVERHEAD_MS = 15.0
+STARTUP_TIMEOUT_S = 300.0  # warm-up of every batch size of a large model on a slow CPU
+STOP_TIMEOUT_S = 30.0
+DEFAULT_SERVER_ARGS = ("--no-access-log", "--log-level", "warning", "--drain-delay-s", "0")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m faseg.service`` on a free loopback port; a context manager that always stops it."""
+
+    def __init__(self, model: Path, args: Sequence[str] = (), log_path: Path | None = None) -> None:
+        self.model = model
+        self.args = [*DEFAULT_SERVER_ARGS, *args]
+        self.port = free_port()
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "faseg.service", "--model", str(self.model),
+            "--host", "127.0.0.1", "--port", str(self.port), *self.args,
+        ]  # fmt: skip
+
+    def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> ServerProcess:
+        log = self.log_path.open("wb") if self.log_path else subprocess.DEVNULL
+        try:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+        finally:
+            if self.log_path:
+                log.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.process.returncode}: {self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"the server was not ready after {timeout_s:g} s: {self.log_tail()}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the server process so far (Linux ``/proc``)."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def log_tail(self) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return "(no log)"
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def server_inputs(payloads: Sequence[Payload], settings: Any, input_size: tuple[int, int]) -> list[np.ndarray]:
+    """The model inputs the server makes of ``payloads``: decoded and letterboxed by the service's code."""
+    from faseg.service.imaging.decode import decode_image
+    from faseg.service.imaging.letterbox import fit, letterbox
+
+    h, w = input_size
+    tensors = []
+    for payload in payloads:
+        decoded = decode_image(
+            payload.body, max_pixels=settings.max_image_pixels, draft_size=(w, h) if settings.jpeg_draft else None
+        )
+        tensors.append(letterbox(decoded.image, fit(decoded.size, input_size)))
+    return tensors
+
+
+class RawBackend:
+    """The model loaded in this process exactly as the server loads it (same settings, same backend class),
+    fed the inputs the server makes of the same images."""
+
+    def __init__(self, model: Path, payloads: Sequence[Payload], max_batch_size: int, server_args: Sequence[str]):
+        from faseg.service.backends import load_backend
+        from faseg.service.cli import add_arguments, settings_from_args
+
+        parser = argparse.ArgumentParser(add_help=False)
+        add_arguments(parser)
+        flags = [*server_args, "--model", str(model), "--max-batch-size", str(max_batch_size)]
+        known, _ = parser.parse_known_args(flags)
+        settings = settings_from_args(known).effective()
+        self.backend = load_backend(settings)
+        self.tensors = server_inputs(payloads, settings, self.backend.input_size)
+        self.max_batch_size = max_batch_size
+        for b in range(1, max_batch_size + 1):  # warm-up, as the server does before it turns ready
+            self.backend.infer(self.batch(b))
+
+    def batch(self, size: int, offset: int = 0) -> np.ndarray:
+        return np.stack([self.tensors[(offset + i) % len(self.tensors)] for i in range(size)])
+
+    def time_batches(self, runs: int) -> dict[int, dict[str, Any]]:
+        """Latency at every batch size 1 … max_batch_size, ``runs`` interleaved rounds, median."""
+        sizes = range(1, self.max_batch_size + 1)
+        batches = {b: self.batch(b) for b in sizes}
+        times: dict[int, list[float]] = {b: [] for b in sizes}
+        cpu: dict[int, float] = dict.fromkeys(sizes, 0.0)
+        for _ in range(runs):
+            for b in sizes:
+                cpu_started = _process_cpu()
+                started = time.perf_counter()
+                self.backend.infer(batches[b])
+                times[b].append(time.perf_counter() - started)
+                cpu[b] += _process_cpu() - cpu_started
+        rows = {b: latency_row(times[b], b) for b in sizes}
+        for b, row in rows.items():
+            row["cpu_ms_per_image"] = round(cpu[b] / (runs * b) * 1000.0, 3)
+        return rows
+
+    def throughput(self, batch: int, seconds: float) -> float:
+        """Images/s running batches of ``batch`` back to back for about ``seconds``."""
+        batches = [self.batch(batch, offset=i * batch) for i in range(max(1, len(self.tensors) // batch))]
+        images = 0
+        started = time.perf_counter()
+        while images == 0 or time.perf_counter() - started < seconds:
+            self.backend.infer(batches[(images // batch) % len(batches)])
+            images += batch
+        return images / (time.perf_counter() - started)
+
+    def close(self) -> None:
+        self.backend.close()
+        del self.backend
+        gc.collect()
+
+
+async def _paired_latency(
+    raw: RawBackend, url: str, payloads: Sequence[Payload], rounds: int, per_round: int, outputs: str, client: str
+) -> dict[str, Any]:
+    """Alternate ``per_round`` sequential HTTP requests (concurrency 1) with ``per_round`` raw batch-1 runs
+    on the same images, ``rounds`` times: drift from other load on the machine hits both alike."""
+    target = f"{url}/v1/segment?outputs={outputs}"
+    http_s: list[float] = []
+    raw_s: list[float] = []
+    failures = 0
+    async with make_transport(client, 1, 60.0) as transport:
+        for index in range(2):  # warm the connection and the server's pools
+            payload = payloads[index % len(payloads)]
+            await transport.post(target, payload.body, payload.content_type)
+        for _ in range(rounds):
+            for index in range(per_round):
+                payload = payloads[index % len(payloads)]
+                started = time.perf_counter()
+                status, _ = await transport.post(target, payload.body, payload.content_type)
+                elapsed = time.perf_counter() - started
+                if status == 200:
+                    http_s.append(elapsed)
+                else:
+                    failures += 1
+            for index in range(per_round):
+                images = raw.batch(1, offset=index)
+                started = time.perf_counter()
+                raw.backend.infer(images)
+                raw_s.append(time.perf_counter() - started)
+    http_p50 = statistics.median(http_s) * 1000.0 if http_s else None
+    raw_p50 = statistics.median(raw_s) * 1000.0
+    return {
+        "rounds": rounds,
+        "per_round": per_round,
+        "http_p50_ms": round(http_p50, 3) if http_p50 is not None else None,
+        "raw_p50_ms": round(raw_p50, 3),
+        "overhead_ms": round(http_p50 - raw_p50, 3) if http_p50 is not None else None,
+        "http_failures": failures,
+        "http_ms": [round(v * 1000.0, 3) for v in http_s],
+        "raw_ms": [round(v * 1000.0, 3) for v in raw_s],
+    }
+
+
+def interpolate(per_batch: dict[int, float], batch: float) -> float:
+    """Linear interpolation of a per-batch-size value at a fractional batch size (clamped to the range)."""
+    sizes = sorted(per_batch)
+    batch = min(max(batch, sizes[0]), sizes[-1])
+    low, high = math.floor(batch), math.ceil(batch)
+    if low == high or high not in per_batch:
+        return per_batch[low]
+    return per_batch[low] + (per_batch[high] - per_batch[low]) * (batch - low)
+
+
+def _merge_raw(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]]) -> dict[int, dict[str, float]]:
+    merged = {}
+    for b in before:
+        ms = statistics.fmean([before[b]["median_ms"], after[b]["median_ms"]])
+        merged[b] = {"median_ms": round(ms, 3), "images_per_s": round(b / ms * 1000.0, 3)}
+        if "cpu_ms_per_image" in before[b] and "cpu_ms_per_image" in after[b]:
+            cpu = statistics.fmean([before[b]["cpu_ms_per_image"], after[b]["cpu_ms_per_image"]])
+            merged[b]["cpu_ms_per_image"] = round(cpu, 3)
+    return merged
+
+
+def _step(report: dict[str, Any], concurrency: int) -> dict[str, Any] | None:
+    return next((s for s in report["steps"] if s["concurrency"] == concurrency), None)
+
+
+def compare(
+    raw: dict[int, dict[str, float]],
+    sweep: dict[str, Any],
+    paired: dict[str, Any] | None = None,
+    batching: list[dict[str, Any]] | None = None,
+    throughput_pairs: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The parity ratios and whether the targets are met.
+
+    ``raw``: batch size → mean raw latency / images/s; ``sweep``: the loadtest report of the batching
+    server; ``paired``: the interleaved concurrency-1 latencies; ``batching``: alternating rounds of the
+    highest concurrency with and without batching (``{"with": step, "without": step}`` each);
+    ``throughput_pairs``: alternating rounds of HTTP at the best concurrency and the raw backend
+    (``{"ratio": ...}`` each), which replace the sweep-based throughput ratio when given."""
+    steps = sweep["steps"]
+    best = max(steps, key=lambda s: s["images_per_s"])
+    mean_batch = (best.get("server") or {}).get("mean_batch_size") or 1.0
+    raw_ips = {b: row["images_per_s"] for b, row in raw.items()}
+    raw_at_batch = interpolate(raw_ips, mean_batch)
+    sweep_ratio = best["images_per_s"] / raw_at_batch if raw_at_batch else None
+    throughput_ratio = sweep_ratio
+    throughput_source = "sweep's best step vs raw table (before/after mean) at its mean batch size"
+    if throughput_pairs:
+        throughput_ratio = statistics.median(pair["ratio"] for pair in throughput_pairs)
+        throughput_source = (
+            f"paired: median of {len(throughput_pairs)} rounds alternating HTTP at c={best['concurrency']} with "
+            "the raw backend at the batch size the server formed in that round"
+        )
+    c1 = _step(sweep, 1)
+    if paired is not None:
+        p50_http, p50_raw, p50_overhead = paired["http_p50_ms"], paired["raw_p50_ms"], paired["overhead_ms"]
+        p50_source = f"paired: {paired['rounds']} alternating rounds of {paired['per_round']} HTTP / raw runs"
+    else:
+        p50_http = c1["latency_ms"]["p50"] if c1 else None
+        p50_raw = raw[1]["median_ms"]
+        p50_overhead = round(p50_http - p50_raw, 3) if p50_http is not None else None
+        p50_source = "sweep step c=1 vs raw batch-1 (before/after mean)"
+    result: dict[str, Any] = {
+        "best_concurrency": best["concurrency"],
+        "http_images_per_s": best["images_per_s"],
+        "server_mean_batch_size": mean_batch,
+        "raw_images_per_s_at_that_batch": round(raw_at_batch, 3),
+        "throughput_ratio": round(throughput_ratio, 4) if throughput_ratio is not None else None,
+        "throughput_source": throughput_source,
+        "sweep_throughput_ratio": round(sweep_ratio, 4) if sweep_ratio is not None else None,
+        "raw_best_images_per_s": max(raw_ips.values()),
+        "throughput_ratio_vs_raw_best": round(best["images_per_s"] / max(raw_ips.values()), 4),
+        "http_p50_ms_c1": p50_http,
+        "raw_batch1_p50_ms": p50_raw,
+        "p50_overhead_ms_c1": p50_overhead,
+        "p50_source": p50_source,
+        "sweep_c1_p50_ms": c1["latency_ms"]["p50"] if c1 else None,
+    }
+    targets = {
+        f"throughput_ratio >= {TARGET_THROUGHPUT_RATIO}": (
+            throughput_ratio is not None and throughput_ratio >= TARGET_THROUGHPUT_RATIO
+        ),
+        f"p50_overhead_ms_c1 <= {TARGET_P50_OVERHEAD_MS:g}": (
+            p50_overhead is not None and p50_overhead <= TARGET_P50_OVERHEAD_MS
+        ),
+    }
+    if batching:
+        with_ips = [r["with"]["images_per_s"] for r in batching]
+        without_ips = [r["without"]["images_per_s"] for r in batching]
+        with_median, without_median = statistics.median(with_ips), statistics.median(without_ips)
+        result["batching"] = {
+            "concurrency": batching[0]["with"]["concurrency"],
+            "rounds": len(batching),
+            "images_per_s_with_batching": round(with_median, 3),
+            "images_per_s_max_batch_size_1": round(without_median, 3),
+            "mean_batch_size_with_batching": statistics.median(
+                (r["with"].get("server") or {}).get("mean_batch_size") or 1.0 for r in batching
+            ),
+            "p50_ms_with_batching": statistics.median(r["with"]["latency_ms"]["p50"] or 0.0 for r in batching),
+            "p50_ms_max_batch_size_1": statistics.median(r["without"]["latency_ms"]["p50"] or 0.0 for r in batching),
+            "ratio": round(with_median / without_median, 4) if without_median else None,
+            "per_round_images_per_s": [{"with": w, "without": o} for w, o in zip(with_ips, without_ips)],
+        }
+    server_cpu = (best.get("server") or {}).get("process_cpu_ms_per_image")
+    raw_cpu = {b: row["cpu_ms_per_image"] for b, row in raw.items() if "cpu_ms_per_image" in row}
+    if server_cpu is not None and raw_cpu:
+        model_cpu = interpolate(raw_cpu, mean_batch)
+        client_cpu = (best.get("client") or {}).get("cpu_ms_per_image") or 0.0
+        result["cpu_per_image_ms"] = {
+            "server_process": server_cpu,
+            "raw_backend_at_that_batch": round(model_cpu, 3),
+            "service_overhead": round(server_cpu - model_cpu, 3),
+            "client": client_cpu,
+            # The share of the CPU spent per image that the raw backend spends too: a parity estimate that
+            # other load on the machine disturbs less than wall-clock throughput (per-process accounting is
+            # still only good to about ±10%: the raw backend's CPU per image varies with batch size and load).
+            "raw_share": round(model_cpu / (server_cpu + client_cpu), 4),
+        }
+    result["targets_met"] = targets
+    return result
+
+
+def run_service_bench(
+    model: Path,
+    payloads: Sequence[Payload],
+    *,
+    images: str,
+    out_dir: Path,
+    concurrency: Sequence[int] = (1, 2, 4, 8, 16),
+    duration_s: float = 10.0,
+    warmup_s: float = 2.0,
+    max_batch_size: int = 8,
+    compare_batching: bool = True,
+    batching_rounds: int = 2,
+    raw_runs: int = 5,
+    paired_rounds: int = 5,
+    paired_per_round: int = 10,
+    throughput_rounds: int = 3,
+    throughput_duration_s: float = 5.0,
+    outputs: str = "stats",
+    client: str = "auto",
+    server_args: Sequence[str] = (),
+    log: TextIO | None = sys.stderr,
+) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = environment()
+
+    def say(message: str) -> None:
+        if log:
+            print(message, file=log, flush=True)
+
+    load = dict(
+        payloads=payloads,
+        images=images,
+        duration_s=duration_s,
+        warmup_s=warmup_s,
+        outputs=outputs,
+        client=client,
+        progress=log,
+    )
+    top = max(concurrency)
+    batching_args = [*server_args, "--max-batch-size", str(max_batch_size)]
+    raw = RawBackend(model, payloads, max_batch_size, server_args)
+    rounds: list[dict[str, Any]] = []
+    pairs: list[dict[str, Any]] = []
+    try:
+        say(f"raw backend (before): batch sizes 1..{max_batch_size}, {raw_runs} runs each")
+        raw_before = raw.time_batches(raw_runs)
+        with contextlib.ExitStack() as servers:
+            batched = servers.enter_context(ServerProcess(model, batching_args, out_dir / "server.log"))
+            single = None
+            if compare_batching:  # idle while the other is measured: its model threads sleep (no spinning)
+                single_args = [*server_args, "--max-batch-size", "1"]
+                single = servers.enter_context(ServerProcess(model, single_args, out_dir / "server_mbs1.log"))
+            say(f"paired latency: {paired_rounds} rounds of {paired_per_round} HTTP requests / raw runs")
+            paired = asyncio.run(
+                _paired_latency(raw, batched.url, payloads, paired_rounds, paired_per_round, outputs, client)
+            )
+            say(f"server, max_batch_size {max_batch_size}: concurrency {list(concurrency)}")
+            sweep = run_loadtest(
+                LoadTestConfig(url=batched.url, levels=list(concurrency), server_cpu=batched.cpu_seconds, **load)
+            )
+            write_report(sweep, out_dir / "sweep")
+            best = max(sweep["steps"], key=lambda st: st["images_per_s"])
+            for index in range(throughput_rounds):
+                say(f"paired throughput round {index + 1}/{throughput_rounds}: HTTP c={best['concurrency']}, then raw")
+                short = {**load, "duration_s": throughput_duration_s, "warmup_s": 1.0, "progress": None}
+                [step] = run_loadtest(LoadTestConfig(url=batched.url, levels=[best["concurrency"]], **short))["steps"]
+                formed = (step.get("server") or {}).get("mean_batch_size") or 1.0
+                sizes = sorted({math.floor(formed), math.ceil(formed)})
+                raw_ips = {b: raw.throughput(b, throughput_duration_s / len(sizes)) for b in sizes}
+                raw_at = interpolate(raw_ips, formed)
+                pairs.append(
+                    {
+                        "concurrency": best["concurrency"],
+                        "http_images_per_s": step["images_per_s"],
+                        "mean_batch_size": formed,
+                        "raw_images_per_s": {str(b): round(v, 3) for b, v in raw_ips.items()},
+                        "raw_images_per_s_at_that_batch": round(raw_at, 3),
+                        "ratio": round(step["images_per_s"] / raw_at, 4),
+                    }
+                )
+                say(f"  HTTP {step['images_per_s']:.2f} img/s (batch {formed}) vs raw {raw_at:.2f} img/s")
+            if single is not None:
+                for index in range(batching_rounds):
+                    say(
+                        f"batching round {index + 1}/{batching_rounds}: c={top}, max_batch_size 1 then {max_batch_size}"
+                    )
+                    without = run_loadtest(LoadTestConfig(url=single.url, levels=[top], **load))
+                    with_ = run_loadtest(LoadTestConfig(url=batched.url, levels=[top], **load))
+                    rounds.append({"with": with_["steps"][0], "without": without["steps"][0]})
+                    if index == 0:
+                        write_report(without, out_dir / "no_batching")
+        say("raw backend (after)")
+        raw_after = raw.time_batches(raw_runs)
+    finally:
+        raw.close()
+    merged = _merge_raw(raw_before, raw_after)
+    env["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    return {
+        "benchmark": "bench_service",
+        "schema": SCHEMA,
+        "environment": env,
+        "model": {"path": str(model), **(sweep["target"].get("model") or {})},
+        "settings": {
+            "concurrency": list(concurrency),
+            "duration_s": duration_s,
+            "warmup_s": warmup_s,
+            "max_batch_size": max_batch_size,
+            "raw_runs": raw_runs,
+            "paired_rounds": paired_rounds,
+            "paired_per_round": paired_per_round,
+            "throughput_rounds": throughput_rounds,
+            "throughput_duration_s": throughput_duration_s,
+            "batching_rounds": batching_rounds if compare_batching else 0,
+            "outputs": outputs,
+            "images": images,
+            "client": sweep["tool"]["client"],
+            "server_args": [*DEFAULT_SERVER_ARGS, *server_args],
+            "note": "client, servers and raw backend share this machine's CPUs; raw batch table = mean of the "
+            "runs before and after the HTTP phases; the idle server and the idle raw backend use no CPU",
+        },
+        "raw": {
+            "before": {str(b): row for b, row in raw_before.items()},
+            "after": {str(b): row for b, row in raw_after.items()},
+            "mean": {str(b): row for b, row in merged.items()},
+        },
+        "paired_latency": paired,
+        "http": {
+            "sweep": sweep["steps"],
+            "batching_rounds": rounds,
+            "throughput_pairs": pairs,
+        },
+        "comparison": compare(merged, sweep, paired, rounds or None, pairs or None),
+    }
