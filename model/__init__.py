@@ -1,5 +1,6 @@
 """FASeg model: backbones, pixel decoder, transformer decoder, heads, presets (see DESIGN §3)."""
 
+from .checkpoint import from_pretrained, load_serving_module, save_pretrained
 from .config import ModelConfig, apply_overrides
 from .faseg import FASeg, build_model
 from .inference import ServingHead, labels_and_confidence, pad_to_multiple, semantic_inference
@@ -13,9 +14,12 @@ __all__ = [
     "ServingHead",
     "apply_overrides",
     "build_model",
+    "from_pretrained",
     "get_preset",
     "labels_and_confidence",
+    "load_serving_module",
     "pad_to_multiple",
     "preset_names",
+    "save_pretrained",
     "semantic_inference",
 ]

@@ -188,3 +188,18 @@ def from_pretrained(directory: str | os.PathLike[str], device: str | torch.devic
     load_state_dict_strict(model, state, str(weights))
     model.checkpoint_info = info
     return model.to(device).eval()
+
+
+def load_serving_module(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
+    """A checkpoint as the serving graph: :class:`faseg.model.ServingHead` (uint8 NHWC images in, labels and
+    confidence out) in eval mode, with ``classes``, ``palette`` and ``input_size`` attributes for the service's
+    torch backend."""
+    from .inference import ServingHead
+
+    model = from_pretrained(directory, device=device)
+    head = ServingHead(model).eval()
+    info = model.checkpoint_info
+    head.classes = list(info.classes)
+    head.palette = [list(p) for p in info.palette]
+    head.input_size = info.input_size
+    return head

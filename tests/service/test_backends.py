@@ -107,3 +107,20 @@ def test_tensorrt_absent_is_a_clear_error(tmp_path: Path) -> None:
     settings = Settings(model=engine, device="cuda").effective()
     with pytest.raises(BackendError, match="TensorRT"):
         load_backend(settings)
+
+
+def test_torch_backend_loads_a_checkpoint_directory_with_the_model_loader() -> None:
+    """`--backend torch --model DIR`: the default loader is faseg.model.load_serving_module."""
+    from faseg.model.checkpoint import read_checkpoint_info
+    from faseg.model.demo import demo_checkpoint_dir
+    from faseg.service.backends.torch import TorchBackend
+
+    info = read_checkpoint_info(demo_checkpoint_dir())
+    backend = TorchBackend.load(demo_checkpoint_dir(), model_name="demo")
+    h, w = info.input_size
+    images = np.random.default_rng(0).integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+    out = backend.infer(images)
+    assert backend.input_size == (h, w) and list(backend.classes) == info.classes
+    assert out.labels.shape == (2, h, w) and out.labels.dtype == np.uint8
+    assert out.confidence.shape == (2, h, w) and out.confidence.dtype == np.float32
+    assert int(out.labels.max()) < len(info.classes)
