@@ -47,7 +47,8 @@ from ..backbone.resnet import _BLOCKS_PER_STAGE
 from ..config import ModelConfig, apply_overrides
 from ..faseg import FASeg, build_model
 from ..presets import get_preset, preset_names
-from .report import ConversionError, ConversionReport, load_converted
+from .report import ConversionError, ConversionReport
+from .warm_start import load_full_model
 
 PREDICTOR = "sem_seg_head.predictor."
 PIXEL_DECODER = "sem_seg_head.pixel_decoder."
@@ -517,21 +518,7 @@ def convert_detectron2_state_dict(
         mapped[ours] = tensor
         names[ours] = key
 
-    expected_fresh = None
-    partial = None
-    if warm_start:
-        from .warm_start import mask2former_to_faseg
-
-        mapped, names, expected_fresh, partial = mask2former_to_faseg(mapped, names, model, report)
-    load_converted(
-        model,
-        mapped,
-        report,
-        expected_fresh=expected_fresh,
-        partial=partial,
-        allow_partial=allow_partial,
-        source_names=names,
-    )
+    load_full_model(model, mapped, names, report, warm_start=warm_start, allow_partial=allow_partial)
     return Conversion(model.eval(), report)
 
 

@@ -77,7 +77,8 @@ from ..config import (
 )
 from ..faseg import build_model
 from .detectron2 import Conversion, check_architecture, inspect_state, ours_to_official, sniff_layout
-from .report import ConversionError, ConversionReport, load_converted
+from .report import ConversionError, ConversionReport
+from .warm_start import load_full_model
 
 BACKBONE = "model.pixel_level_module.encoder."
 PIXEL = "model.pixel_level_module.decoder."
@@ -499,19 +500,6 @@ def convert_hf(
     notes += check_architecture(facts, cfg, source, warm_start=warm_start, allow_partial=allow_partial)
     model = build_model(cfg)
     report = ConversionReport(source, "hf", cfg.name, ignored=ignored, notes=notes)
-    expected_fresh = partial = None
-    if warm_start:
-        from .warm_start import mask2former_to_faseg
-
-        mapped, names, expected_fresh, partial = mask2former_to_faseg(mapped, names, model, report)
-    load_converted(
-        model,
-        mapped,
-        report,
-        expected_fresh=expected_fresh,
-        partial=partial,
-        allow_partial=allow_partial,
-        source_names=names,
-    )
+    load_full_model(model, mapped, names, report, warm_start=warm_start, allow_partial=allow_partial)
     keep_classes = classes if len(classes) == cfg.num_classes else None
     return Conversion(model.eval(), report, keep_classes, cfg.default_input_size)

@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from .report import ConversionReport
+from .report import ConversionReport, load_converted
 
 PRED = "sem_seg_head.predictor."
 _LAYER = re.compile(rf"^{re.escape(PRED)}(transformer_(?:self_attention|cross_attention|ffn)_layers)\.(\d+)\.(.+)$")
@@ -131,3 +131,28 @@ def mask2former_to_faseg(
         return key.startswith(_FASEG_ONLY) or key.startswith(fresh_prefixes)
 
     return out, out_names, expected_fresh, partial
+
+
+def load_full_model(
+    model: nn.Module,
+    mapped: dict[str, Tensor],
+    names: dict[str, str],
+    report: ConversionReport,
+    *,
+    warm_start: bool,
+    allow_partial: bool,
+) -> None:
+    """Load converted full-model tensors into ``model``: re-keyed first for a FASeg model when ``warm_start``
+    (Mask2Former weights), then the strict :func:`load_converted` (detectron2 and HF importers alike)."""
+    expected_fresh = partial = None
+    if warm_start:
+        mapped, names, expected_fresh, partial = mask2former_to_faseg(mapped, names, model, report)
+    load_converted(
+        model,
+        mapped,
+        report,
+        expected_fresh=expected_fresh,
+        partial=partial,
+        allow_partial=allow_partial,
+        source_names=names,
+    )
