@@ -32,7 +32,8 @@ ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 
 
-def _default_cache_dir() -> Path:
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/faseg, else ~/.cache/faseg."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "faseg"
 
@@ -86,7 +87,7 @@ class Settings(BaseSettings):
         None, description="TensorRT plugin library (.so) loaded before the engine is deserialized."
     )
     cache_dir: Path = Field(
-        default_factory=_default_cache_dir,
+        default_factory=default_cache_dir,
         description="Engine caches and the exported demo model ($XDG_CACHE_HOME/faseg or ~/.cache/faseg).",
     )
     intra_op_threads: int = Field(

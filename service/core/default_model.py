@@ -14,9 +14,9 @@ import os
 import tempfile
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from .config import default_cache_dir
 
-DEFAULT_CACHE_DIR = Path("~/.cache/faseg")
+log = logging.getLogger(__name__)
 
 
 class DefaultModelUnavailable(RuntimeError):
@@ -35,7 +35,7 @@ def _digest(checkpoint: Path) -> str:
 def resolve_default_model(cache_dir: Path | None = None) -> Path:
     """Path of the ONNX file to serve when ``--model`` is not given, exporting and caching it if needed.
 
-    ``cache_dir`` is ``Settings.cache_dir`` (``None``: ``~/.cache/faseg``).
+    ``cache_dir`` is ``Settings.cache_dir`` (``None``: the settings' default, :func:`default_cache_dir`).
     """
     from faseg.model.demo import demo_checkpoint_dir
 
@@ -45,7 +45,7 @@ def resolve_default_model(cache_dir: Path | None = None) -> Path:
             f"the bundled demo model is missing from {checkpoint}: pass --model DIR|FILE.onnx|FILE.plan or set "
             "FASEG_MODEL"
         )
-    cache = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
+    cache = Path(cache_dir or default_cache_dir()).expanduser()
     target = cache / f"demo-{_digest(checkpoint)}.onnx"
     if target.is_file():
         return target
