@@ -22,7 +22,7 @@
 #   FASEG_ENGINE_BACKEND     tensorrt: native engines (above) | onnxruntime: export the ONNX files only and
 #                            let ONNX Runtime's TensorRT EP build its engines during warm-up, cached under
 #                            FASEG_CACHE_DIR [tensorrt; onnxruntime when this faseg has no `export trt`]
-#   FASEG_ENGINE_PRECISION   fp32 | fp16 (needs `faseg export onnx --precision fp16`, not implemented yet) [fp32]
+#   FASEG_ENGINE_PRECISION   fp32 | fp16 (mixed fp16/fp32 ONNX from `faseg export onnx --precision fp16`) [fp32]
 #   FASEG_ENGINE_FLAVOUR     plugin | portable ONNX ops [plugin for tensorrt, portable for onnxruntime]
 #   FASEG_MAX_BATCH_SIZE     largest batch of the engine's optimisation profile (the service's setting) [8];
 #                            the profile is 1, ceil(B/2), B

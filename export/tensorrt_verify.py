@@ -10,7 +10,7 @@ Not exercised on the development machines: TensorRT's libraries cannot be instal
 
 Limits:
 - An engine built here for verification clears TF32 (TensorRT enables it by default for fp32 layers), so the
-  fp32 tolerances of verify apply; its batch profile is 1 … ``max_batch``.
+  tolerances of the file's precision apply (fp32, or fp16 for a mixed file); its batch profile is 1 … ``max_batch``.
 - TensorRT has no UINT16 tensors: a file with more than 256 classes (uint16 ``labels``) cannot run.
 - A plugin-flavour file needs FASeg's TensorRT plugin library (``$FASEG_TRT_PLUGINS_LIB`` or the repository
   build); without it the runtime reports it as unavailable.

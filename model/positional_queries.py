@@ -39,14 +39,29 @@ def pooled_pe(weights: Tensor, pos: Tensor) -> Tensor:
     return torch.bmm(weights, pos) / (weights.sum(-1, keepdim=True) + _POOL_EPS)
 
 
+def below_probability(logits: Tensor, threshold: float) -> Tensor:
+    """``sigmoid(logits) < threshold``, decided on the logits: ``logits < logit(threshold)``.
+
+    The official code thresholds the sigmoid (spec §1.4 attention mask; pooling mask at F: ...decoder.py:611-615).
+    Comparing the logits against one precomputed constant is the same decision in exact arithmetic and leaves
+    no sigmoid whose rounding differs between torch, ONNX Runtime and TensorRT (or saturates in fp16) to move a
+    logit across the threshold. Thresholds outside (0, 1) block everything (≥ 1) or nothing (≤ 0), as before.
+    """
+    if threshold >= 1.0:
+        return torch.ones_like(logits, dtype=torch.bool)
+    if threshold <= 0.0:
+        return torch.zeros_like(logits, dtype=torch.bool)
+    return logits < math.log(threshold / (1.0 - threshold))
+
+
 def pooling_weights(mask_logits_l0: Tensor, threshold: float, region: str) -> Tensor:
     """Pooling region from mask logits already resized to the 1/32 map: (B, Q, S0) -> (B, Q, S0) float.
 
     ``complement`` replicates the official ``prob < threshold`` (the area the query does *not* cover);
     ``foreground`` is ``prob >= threshold``.
     """
-    prob = mask_logits_l0.sigmoid()
-    selected = prob < threshold if region == "complement" else prob >= threshold
+    below = below_probability(mask_logits_l0, threshold)
+    selected = below if region == "complement" else ~below
     return selected.to(mask_logits_l0.dtype)
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .config import DecoderConfig
 from .ops import MultiheadAttention, hrca_select, topk_cross_attention
-from .positional_queries import PositionalQueries
+from .positional_queries import PositionalQueries, below_probability
 
 
 @dataclass
@@ -245,7 +245,7 @@ class MaskedTransformerDecoder(nn.Module):
         logits, masks = self._predict(output, mask_features)
         predictions = [(logits, masks)]
         mask_l0 = resize_mask_logits(masks, sizes[0])  # (B, Q, S0)
-        attn_mask = (mask_l0.sigmoid() < self.cfg.mask_threshold).unsqueeze(1)  # (B, 1, Q, S0)
+        attn_mask = below_probability(mask_l0, self.cfg.mask_threshold).unsqueeze(1)  # (B, 1, Q, S0)
         query_pos, anchor = self.pos_queries.initial(b, mask_l0, key_pos[0])
         coarse_attn: Tensor | None = None
         traces: list[LayerTrace] = []
@@ -278,7 +278,7 @@ class MaskedTransformerDecoder(nn.Module):
             if i + 1 < self.num_layers and next_level != "hr":
                 # The official code also builds a 1/4-size mask before HR layers and never uses it; skipped.
                 next_logits = resize_mask_logits(masks, sizes[next_level])
-                attn_mask = (next_logits.sigmoid() < self.cfg.mask_threshold).unsqueeze(1)
+                attn_mask = below_probability(next_logits, self.cfg.mask_threshold).unsqueeze(1)
             if level != "hr":
                 at_level = (
                     resize_mask_logits(masks, sizes[level]) if self.pos_queries.mode == "dynamic_foreground" else None

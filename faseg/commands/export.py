@@ -67,7 +67,12 @@ def _register_onnx(targets: argparse._SubParsersAction) -> None:
         default="portable",
         help="portable: standard ONNX ops; plugin: FASeg custom ops (docs/plugin_contract.md)",
     )
-    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="fp16 is not implemented yet")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="fp16: mixed fp16/fp32 graph for GPU runtimes (TensorRT, CUDA EP); see docs/export.md §7",
+    )
     parser.add_argument(
         "--outputs",
         default="labels,confidence",

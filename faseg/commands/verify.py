@@ -11,6 +11,11 @@ import argparse
 import json
 
 
+def _measured(row: dict) -> str:
+    keys = ("label_agreement", "logits_max_abs", "logits_max_rel", "logits_median_abs", "confidence_max_abs")
+    return ", ".join(f"{key} {row[key]:.6g}" for key in keys if row.get(key) is not None)
+
+
 def run(args: argparse.Namespace) -> int:
     from faseg.export.verify import verify
 
@@ -33,14 +38,14 @@ def run(args: argparse.Namespace) -> int:
         )
         for runtime in ("onnxruntime", "tensorrt"):
             row = report[runtime]
-            measured = ", ".join(
-                f"{key} {row[key]:.6g}"
-                for key in ("label_agreement", "logits_max_abs", "logits_max_rel", "confidence_max_abs")
-                if row.get(key) is not None
-            )
+            measured = _measured(row)
             print(f"  {runtime:<12} {row['status']}" + (f": {measured}" if measured else ""))
             for failure in row.get("failures", []):
                 print(f"    {failure}")
+        spread = report["torch"].get("spread")
+        if spread is not None:
+            a, b = spread["threads"]
+            print(f"  torch itself, {a} vs {b} threads (noise floor, not gated): {_measured(spread)}")
         print("PASSED" if report["passed"] else "FAILED")
     return 0 if report["passed"] else 1
 

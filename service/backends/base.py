@@ -25,6 +25,7 @@ META_PALETTE = "faseg.palette"
 META_INPUT_SIZE = "faseg.input_size"
 META_PRESET = "faseg.preset"
 META_FLAVOUR = "faseg.flavour"
+META_PRECISION = "faseg.precision"
 META_FORMAT_VERSION = "faseg.format_version"
 
 INPUT_NAME = "images"

@@ -19,6 +19,7 @@ from .base import (
     INPUT_NAME,
     LABELS_NAME,
     META_FLAVOUR,
+    META_PRECISION,
     Backend,
     BackendError,
     BackendOutOfMemory,
@@ -134,6 +135,10 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             raise BackendError(f"onnxruntime cannot load {str(path)!r}: {exc}") from exc
         info = ModelInfo.from_metadata(model_name, metadata, input_size=_graph_input_size(session, path))
+        # An fp16 file (faseg export onnx --precision fp16) computes in fp16 whatever the setting says; on the
+        # CPU provider ONNX Runtime widens what it has no fp16 kernels for, so it runs, slower than fp32.
+        if metadata.get(META_PRECISION) == "fp16":
+            precision = "fp16"
         backend = cls(session, info, device=device, max_batch_size=max_batch_size, precision=precision)
         log.info("onnxruntime session for %s on providers %s", path, session.get_providers())
         return backend

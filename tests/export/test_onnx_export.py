@@ -315,8 +315,8 @@ def test_checkpoint_that_does_not_load(tmp_path: Path, tiny_checkpoint: Path, ca
 
 
 def test_option_errors() -> None:
-    with pytest.raises(ExportError, match="not implemented yet"):
-        ExportOptions(precision="fp16")
+    with pytest.raises(ExportError, match="unknown precision"):
+        ExportOptions(precision="int8")
     with pytest.raises(ExportError, match="unknown flavour"):
         ExportOptions(flavour="tensorrt")
     with pytest.raises(ExportError, match="unknown capture strategy"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,7 +65,12 @@ def test_verify_json_passes(checkpoints, onnx_file: Path, capsys: pytest.Capture
     trt = report["tensorrt"]
     if tensorrt_verify.unavailable_reason() is not None:
         assert trt["status"].startswith("unavailable: ")
-    assert report["tolerances"] == {"label_agreement": 0.999, "logits_max_abs": 1e-3, "confidence_max_abs": 1e-3}
+    assert report["tolerances"] == {
+        "label_agreement": 0.999,
+        "logits_max_abs": 1e-3,
+        "confidence_max_abs": 1e-3,
+        "logits_median_abs": None,
+    }
 
 
 def test_verify_fails_when_a_tolerance_is_missed(checkpoints, onnx_file: Path, capsys) -> None:
@@ -75,6 +81,33 @@ def test_verify_fails_when_a_tolerance_is_missed(checkpoints, onnx_file: Path, c
     assert report["passed"] is False
     assert report["onnxruntime"]["status"] == "failed"
     assert any("logits_max_abs" in f for f in report["onnxruntime"]["failures"])
+    # a miss comes with torch's own noise floor (another thread count), which is far below this miss
+    spread = report["torch"]["spread"]
+    assert len(spread["threads"]) == 2 and spread["threads"][0] != spread["threads"][1]
+    assert spread["logits_max_abs"] < 1e-3 < report["onnxruntime"]["logits_max_abs"]
+
+
+@pytest.mark.parametrize("flavour", ["portable", "plugin"])
+def test_shipped_demo_model_passes_at_batch_1_and_4(flavour: str, tmp_path: Path) -> None:
+    """The trained demo weights (not only random ones) at their input size, one file run at batch 1 and 4,
+    against the per-image torch reference: the issue's bar (logits ≤ 1e-3, labels ≥ 99.9%). Before masked
+    attention compared logits with logit(0.15) and the reference ran per image, this measured 0.25 (a mask
+    decision 2.4e-5 from the threshold, flipped by torch's batch-size-dependent kernels)."""
+    from faseg.export import custom_ops
+
+    if flavour == "plugin" and custom_ops.ort_custom_ops_library() is None:
+        reason = custom_ops.missing_library_message()
+        if os.environ.get("FASEG_REQUIRE_CUSTOM_OPS") == "1":
+            pytest.fail(f"{reason} (FASEG_REQUIRE_CUSTOM_OPS=1)", pytrace=False)
+        pytest.skip(reason)
+    out = tmp_path / f"demo_{flavour}.onnx"
+    export_checkpoint(default_checkpoint(), out, ExportOptions(flavour=flavour, outputs="labels,confidence,logits"))
+    for batch_size in (1, 4):
+        report = verify(out, batch_size=batch_size, tensorrt="off")
+        ort = report["onnxruntime"]
+        assert report["passed"], (batch_size, ort)
+        assert ort["label_agreement"] >= 0.999 and ort["logits_max_abs"] <= 1e-3
+        assert report["torch"]["batch_size"] == 1 and "spread" not in report["torch"]
 
 
 def test_requested_engine_that_cannot_run_fails(checkpoints, onnx_file: Path, tmp_path: Path) -> None:
