@@ -6,7 +6,8 @@
 Understood result kinds (the ``benchmark`` field): ``bench_service`` (faseg bench service), ``bench_model``
 (faseg bench model), ``hf_compare`` (benchmarks/hf_compare.py), ``client_overhead``
 (benchmarks/client_overhead.py), ``ort_spinning`` (benchmarks/ort_spinning.py), ``bench_export``
-(benchmarks/bench_export.py), and ``faseg loadtest`` reports (``report.json``, schema ``faseg.loadtest/1``).
+(benchmarks/bench_export.py), ``verify_matrix`` (benchmarks/verify_matrix.py), and ``faseg loadtest``
+reports (``report.json``, schema ``faseg.loadtest/1``).
 Other files are listed by name only. Plots need matplotlib; without it the tables are written alone.
 """
 
@@ -292,6 +293,35 @@ def render_export(path: Path, data: dict[str, Any], img: Path) -> str:
     return "\n".join(parts)
 
 
+def render_verify(path: Path, data: dict[str, Any], img: Path) -> str:
+    header = ["model", "size", "flavour", "precision", "batch", "passed", "labels", "max |Δ|", "median |Δ|"]
+    rows = [
+        [
+            r["model"],
+            "x".join(map(str, r["size"])),
+            r["flavour"],
+            r["precision"],
+            r["batch"],
+            "yes" if r["passed"] else "no",
+            _fmt(r.get("label_agreement"), 6),
+            f"{r['logits_max_abs']:.2g}" if r.get("logits_max_abs") is not None else "-",
+            f"{r['logits_median_abs']:.2g}" if r.get("logits_median_abs") is not None else "-",
+        ]
+        for r in data.get("rows", [])
+    ]
+    notes = [
+        f"- {r['model']} {'x'.join(map(str, r['size']))} {r['flavour']} {r['precision']} b{r['batch']}: torch itself "
+        f"({r['torch_spread']['threads'][0]} vs {r['torch_spread']['threads'][1]} threads) max |Δ| "
+        f"{r['torch_spread']['logits_max_abs']:.2g}"
+        for r in data.get("rows", [])
+        if r.get("torch_spread")
+    ]
+    text = f"{_source(path, data)}\n\n{_table(header, rows)}"
+    if notes:
+        text += "\n\nRuns that missed a gate, next to torch's own noise floor:\n\n" + "\n".join(notes)
+    return text
+
+
 def render_loadtest(path: Path, data: dict[str, Any], img: Path) -> str:
     target = data["target"]
     model = target.get("model") or {}
@@ -336,6 +366,7 @@ SECTIONS: list[tuple[str, str, Callable[[Path, dict[str, Any], Path], str]]] = [
     ("client_overhead", "Load-generator client overhead", render_client),
     ("ort_spinning", "Service fix: no ONNX Runtime spin-waiting on CPU", render_spinning),
     ("bench_export", "Export: torch vs ONNX Runtime", render_export),
+    ("verify_matrix", "Export parity: faseg verify matrix", render_verify),
 ]
 
 

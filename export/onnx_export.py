@@ -592,6 +592,7 @@ class Save(ExportStep):
         os.close(fd)
         try:
             onnx.save_model(state.proto, tmp)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is read by other users (images, services)
             os.replace(tmp, out)
         finally:
             with contextlib.suppress(FileNotFoundError):

@@ -73,6 +73,9 @@ class Container:
         if baked.returncode == 0 and baked.stdout:  # the demo model baked into the image
             self.model_file.write_bytes(baked.stdout)
             return
+        # Only a missing file falls back to the toy model: the image user must be able to read a baked one
+        # (an unreadable one once sent this test to the toy model while the service could not start).
+        assert b"No such file" in baked.stderr, baked.stderr.decode(errors="replace")[-2000:]
         spec = importlib.util.spec_from_file_location("service_toy_model", ROOT / "tests/service/service_toy_model.py")
         assert spec and spec.loader
         toy = importlib.util.module_from_spec(spec)

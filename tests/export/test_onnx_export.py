@@ -278,6 +278,8 @@ def test_cli_export_default_outputs(tiny_checkpoint: Path, tmp_path: Path, capsy
     sess = session.OrtSession(out, session.SessionConfig(device="cpu"))
     labels = sess.run(np.zeros((3, 256, 256, 3), np.uint8))["labels"]
     assert labels.shape == (3, 256, 256)
+    # readable by other users (a non-root service user in the images), not mkstemp's 0600
+    assert out.stat().st_mode & 0o777 == 0o644
 
 
 @pytest.mark.parametrize("size", ["250x256", "256x100", "0x256"])

@@ -34,6 +34,7 @@
 
 #include "../cuda/ms_deform_attn_kernel.h"
 #include "../cuda/topk_cross_attn_kernel.h"
+#include "ort_op_common.h"
 
 #if defined(_WIN32)
 #define FASEG_ORT_EXPORT __declspec(dllexport)
@@ -46,63 +47,11 @@ extern "C" OrtStatus* ORT_API_CALL FasegRegisterCpuCustomOps(OrtSessionOptions* 
 
 namespace {
 
-constexpr const char* kMSDeformAttnName = "FASegMSDeformAttn_TRT";
-constexpr const char* kTopKCrossAttnName = "FASegTopKCrossAttn_TRT";
+using namespace faseg_ort;
+
 constexpr const char* kCudaProvider = "CUDAExecutionProvider";
 
 const OrtApi* g_api = nullptr;  // the runtime's own table
-
-struct OpError {
-  OrtErrorCode code;
-  std::string message;
-};
-
-[[noreturn]] void fail(const std::string& op, const std::string& message, OrtErrorCode code = ORT_INVALID_ARGUMENT) {
-  throw OpError{code, op + ": " + message};
-}
-
-template <typename Fn>
-OrtStatusPtr guarded(Fn&& fn) noexcept {
-  try {
-    fn();
-    return nullptr;
-  } catch (const OpError& e) {
-    return g_api->CreateStatus(e.code, e.message.c_str());
-  } catch (const Ort::Exception& e) {
-    return g_api->CreateStatus(e.GetOrtErrorCode(), e.what());
-  } catch (const std::exception& e) {
-    return g_api->CreateStatus(ORT_FAIL, e.what());
-  } catch (...) {
-    return g_api->CreateStatus(ORT_FAIL, "faseg CUDA custom op: unknown C++ exception");
-  }
-}
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
-  s << "]";
-  return s.str();
-}
-
-int64_t numel(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
-
-void expect_rank(const char* op, const char* name, const std::vector<int64_t>& shape, size_t rank,
-                 const char* layout) {
-  if (shape.size() != rank) {
-    std::ostringstream m;
-    m << name << " must have rank " << rank << " " << layout << ", got shape " << shape_str(shape);
-    fail(op, m.str());
-  }
-}
-
-void expect_dim(const char* op, const char* what, int64_t got, int64_t want) {
-  if (got != want) fail(op, std::string(what) + " is " + std::to_string(got) + ", expected " + std::to_string(want));
-}
 
 void check_cuda(const char* op, cudaError_t status) {
   if (status != cudaSuccess) fail(op, std::string("CUDA error: ") + cudaGetErrorString(status), ORT_FAIL);
@@ -161,7 +110,7 @@ int64_t int_attr(const OrtKernelInfo* info, const char* name, int64_t fallback, 
 template <typename T>
 struct MSDeformAttnCudaKernel {
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    return guarded([&] { Compute(context); });
+    return guarded(g_api, [&] { Compute(context); });
   }
 
   void Compute(OrtKernelContext* context) {
@@ -206,7 +155,7 @@ struct MSDeformAttnCudaOp : Ort::CustomOpBase<MSDeformAttnCudaOp<T>, MSDeformAtt
   static constexpr ONNXTensorElementDataType kType = std::is_same_v<T, float> ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
                                                                                : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* /*info*/, void** kernel) const {
-    return guarded([&] { *kernel = new MSDeformAttnCudaKernel<T>(); });
+    return guarded(g_api, [&] { *kernel = new MSDeformAttnCudaKernel<T>(); });
   }
   const char* GetName() const { return kMSDeformAttnName; }
   const char* GetExecutionProviderType() const { return kCudaProvider; }
@@ -226,7 +175,7 @@ struct TopKCrossAttnCudaKernel {
   FasegTopKCrossAttnShape attrs{};  // attribute fields only
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    return guarded([&] { Compute(context); });
+    return guarded(g_api, [&] { Compute(context); });
   }
 
   void Compute(OrtKernelContext* context) {
@@ -284,7 +233,7 @@ struct TopKCrossAttnCudaKernel {
 
 struct TopKCrossAttnCudaOp : Ort::CustomOpBase<TopKCrossAttnCudaOp, TopKCrossAttnCudaKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
-    return guarded([&] {
+    return guarded(g_api, [&] {
       const char* op = kTopKCrossAttnName;
       FasegTopKCrossAttnShape a{};
       bool has_heads = false;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "ms_deform_attn_cpu.h"
+#include "ort_op_common.h"
 #include "topk_cross_attn_cpu.h"
 
 #define FASEG_STR_(x) #x
@@ -31,54 +32,11 @@
 
 namespace {
 
-constexpr const char* kDomain = "faseg";
-constexpr const char* kMSDeformAttnName = "FASegMSDeformAttn_TRT";
-constexpr const char* kTopKCrossAttnName = "FASegTopKCrossAttn_TRT";
+using namespace faseg_ort;
+
 constexpr const char* kCpuProvider = "CPUExecutionProvider";
 
 const OrtApi* g_api = nullptr;
-
-// Error carrying an ORT error code; converted to an OrtStatus at the C boundary.
-struct OpError {
-  OrtErrorCode code;
-  std::string message;
-};
-
-[[noreturn]] void fail(const std::string& op, const std::string& message,
-                       OrtErrorCode code = ORT_INVALID_ARGUMENT) {
-  throw OpError{code, std::string(op) + ": " + message};
-}
-
-// Runs fn and converts any exception into an OrtStatus (nullptr on success).
-template <typename Fn>
-OrtStatusPtr guarded(Fn&& fn) noexcept {
-  try {
-    fn();
-    return nullptr;
-  } catch (const OpError& e) {
-    return g_api->CreateStatus(e.code, e.message.c_str());
-  } catch (const Ort::Exception& e) {
-    return g_api->CreateStatus(e.GetOrtErrorCode(), e.what());
-  } catch (const std::exception& e) {
-    return g_api->CreateStatus(ORT_FAIL, e.what());
-  } catch (...) {
-    return g_api->CreateStatus(ORT_FAIL, "faseg custom op: unknown C++ exception");
-  }
-}
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
-  s << "]";
-  return s.str();
-}
-
-int64_t numel(const std::vector<int64_t>& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
 
 // Maps the kernels' ParallelFor onto ORT's intra-op thread pool (KernelContext_ParallelFor, API >= 17).
 faseg::ParallelFor ort_parallel_for(OrtKernelContext* context) {
@@ -124,23 +82,6 @@ TensorIn input(Ort::KernelContext& ctx, size_t index) {
   return TensorIn{v, v.GetTensorTypeAndShapeInfo().GetShape()};
 }
 
-void expect_rank(const char* op, const char* name, const std::vector<int64_t>& shape, size_t rank,
-                 const char* layout) {
-  if (shape.size() != rank) {
-    std::ostringstream m;
-    m << name << " must have rank " << rank << " " << layout << ", got shape " << shape_str(shape);
-    fail(op, m.str());
-  }
-}
-
-void expect_dim(const char* op, const char* what, int64_t got, int64_t want) {
-  if (got != want) {
-    std::ostringstream m;
-    m << what << " is " << got << ", expected " << want;
-    fail(op, m.str());
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
 // FASegMSDeformAttn_TRT
 // ---------------------------------------------------------------------------------------------
@@ -148,7 +89,7 @@ void expect_dim(const char* op, const char* what, int64_t got, int64_t want) {
 template <typename T>
 struct MSDeformAttnKernel {
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    return guarded([&] { Compute(context); });
+    return guarded(g_api, [&] { Compute(context); });
   }
 
   static float to_float(float v) { return v; }
@@ -230,7 +171,7 @@ struct MSDeformAttnOp : Ort::CustomOpBase<MSDeformAttnOp<T>, MSDeformAttnKernel<
 
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* /*info*/, void** kernel) const {
     // plugin_version / plugin_namespace are accepted and ignored; the op has no other attributes.
-    return guarded([&] { *kernel = new MSDeformAttnKernel<T>(); });
+    return guarded(g_api, [&] { *kernel = new MSDeformAttnKernel<T>(); });
   }
   const char* GetName() const { return kMSDeformAttnName; }
   const char* GetExecutionProviderType() const { return kCpuProvider; }
@@ -243,7 +184,7 @@ struct MSDeformAttnOp : Ort::CustomOpBase<MSDeformAttnOp<T>, MSDeformAttnKernel<
 
   // output [N, Lq, M, D] from value [N, S, M, D] and sampling_locations [N, Lq, M, L, P, 2].
   static OrtStatusPtr ORT_API_CALL InferShape(const OrtCustomOp* /*op*/, OrtShapeInferContext* raw) noexcept {
-    return guarded([&] {
+    return guarded(g_api, [&] {
       Ort::ShapeInferContext ctx(g_api, raw);
       if (ctx.GetInputCount() < 5) return;
       const auto& value = ctx.GetInputShape(0);
@@ -269,7 +210,7 @@ struct TopKCrossAttnKernel {
   faseg::TopKCrossAttnDims attrs;  // attribute fields only
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    return guarded([&] { Compute(context); });
+    return guarded(g_api, [&] { Compute(context); });
   }
 
   void Compute(OrtKernelContext* context) {
@@ -329,7 +270,7 @@ struct TopKCrossAttnOp : Ort::CustomOpBase<TopKCrossAttnOp, TopKCrossAttnKernel,
   TopKCrossAttnOp() { InferOutputShapeFn = &InferShape; }
 
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
-    return guarded([&] {
+    return guarded(g_api, [&] {
       const char* op = kTopKCrossAttnName;
       faseg::TopKCrossAttnDims a;
       bool has_heads = false;
@@ -362,7 +303,7 @@ struct TopKCrossAttnOp : Ort::CustomOpBase<TopKCrossAttnOp, TopKCrossAttnKernel,
 
   // output [N, Q, C] = query's shape.
   static OrtStatusPtr ORT_API_CALL InferShape(const OrtCustomOp* /*op*/, OrtShapeInferContext* raw) noexcept {
-    return guarded([&] {
+    return guarded(g_api, [&] {
       Ort::ShapeInferContext ctx(g_api, raw);
       if (ctx.GetInputCount() < 1) return;
       const auto& query = ctx.GetInputShape(0);

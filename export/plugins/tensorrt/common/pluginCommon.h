@@ -8,6 +8,7 @@
 #include <NvInferRuntime.h>
 
 #include <cstdint>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,30 @@ void expectDim(std::vector<std::string>& errors, char const* what, int64_t got, 
 
 // Joins errors with "; ".
 std::string joinErrors(std::vector<std::string> const& errors);
+
+// The configurePlugin of both plugins: one output, and the input dimensions accepted by checkDims
+// (a callable (Dims const*, int32_t) -> std::string, empty when they are valid). Logs and returns -1 otherwise.
+template <typename CheckDims>
+int32_t configureOneOutput(char const* pluginName, nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+                           int32_t nbOutputs, CheckDims const& checkDims) noexcept {
+  try {
+    if (nbOutputs != 1) {
+      logError(std::string(pluginName) + ": expects 1 output, got " + std::to_string(nbOutputs));
+      return -1;
+    }
+    std::vector<nvinfer1::Dims> dims;
+    for (int32_t i = 0; i < nbInputs; ++i) dims.push_back(in[i].desc.dims);
+    std::string const error = checkDims(dims.data(), nbInputs);
+    if (!error.empty()) {
+      logError(std::string(pluginName) + ": " + error);
+      return -1;
+    }
+    return 0;
+  } catch (std::exception const& e) {
+    logError(std::string(pluginName) + ": configurePlugin: " + e.what());
+  }
+  return -1;
+}
 
 }  // namespace trt
 }  // namespace faseg

@@ -84,23 +84,7 @@ std::string MSDeformAttnPlugin::checkDims(Dims const* in, int32_t nbInputs) {
 
 int32_t MSDeformAttnPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
                                             DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept {
-  try {
-    if (nbOutputs != 1) {
-      logError(std::string(kMSDeformAttnName) + ": expects 1 output, got " + std::to_string(nbOutputs));
-      return -1;
-    }
-    std::vector<Dims> dims;
-    for (int32_t i = 0; i < nbInputs; ++i) dims.push_back(in[i].desc.dims);
-    std::string const error = checkDims(dims.data(), nbInputs);
-    if (!error.empty()) {
-      logError(std::string(kMSDeformAttnName) + ": " + error);
-      return -1;
-    }
-    return 0;
-  } catch (std::exception const& e) {
-    logError(std::string(kMSDeformAttnName) + ": configurePlugin: " + e.what());
-  }
-  return -1;
+  return configureOneOutput(kMSDeformAttnName, in, nbInputs, nbOutputs, &MSDeformAttnPlugin::checkDims);
 }
 
 int32_t MSDeformAttnPlugin::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes,

@@ -159,23 +159,8 @@ std::string TopKCrossAttnPlugin::checkDims(Dims const* in, int32_t nbInputs) con
 
 int32_t TopKCrossAttnPlugin::configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs,
                                              DynamicPluginTensorDesc const* /*out*/, int32_t nbOutputs) noexcept {
-  try {
-    if (nbOutputs != 1) {
-      logError(std::string(kTopKCrossAttnName) + ": expects 1 output, got " + std::to_string(nbOutputs));
-      return -1;
-    }
-    std::vector<Dims> dims;
-    for (int32_t i = 0; i < nbInputs; ++i) dims.push_back(in[i].desc.dims);
-    std::string const error = checkDims(dims.data(), nbInputs);
-    if (!error.empty()) {
-      logError(std::string(kTopKCrossAttnName) + ": " + error);
-      return -1;
-    }
-    return 0;
-  } catch (std::exception const& e) {
-    logError(std::string(kTopKCrossAttnName) + ": configurePlugin: " + e.what());
-  }
-  return -1;
+  return configureOneOutput(kTopKCrossAttnName, in, nbInputs, nbOutputs,
+                            [this](Dims const* dims, int32_t n) { return checkDims(dims, n); });
 }
 
 int32_t TopKCrossAttnPlugin::getOutputDataTypes(DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes,
