@@ -49,18 +49,18 @@ void expectDim(std::vector<std::string>& errors, char const* what, int64_t got, 
 // Joins errors with "; ".
 std::string joinErrors(std::vector<std::string> const& errors);
 
-// The configurePlugin of both plugins: one output, and the input dimensions accepted by checkDims
-// (a callable (Dims const*, int32_t) -> std::string, empty when they are valid). Logs and returns -1 otherwise.
-template <typename CheckDims>
-int32_t configureOneOutput(char const* pluginName, nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
-                           int32_t nbOutputs, CheckDims const& checkDims) noexcept {
+inline nvinfer1::Dims const& dimsOf(nvinfer1::DynamicPluginTensorDesc const& desc) { return desc.desc.dims; }
+inline nvinfer1::Dims const& dimsOf(nvinfer1::PluginTensorDesc const& desc) { return desc.dims; }
+
+// Runs checkDims (a callable (Dims const*, int32_t) -> std::string, empty when valid) on the dimensions of
+// the nbInputs descriptors in (build-time or run-time ones). Logs "<plugin>: <error>" and returns -1 when they
+// are not valid or the check throws; 0 otherwise. `stage` names the calling IPluginV3 method in messages.
+template <typename Desc, typename CheckDims>
+int32_t checkInputDims(char const* pluginName, char const* stage, Desc const* in, int32_t nbInputs,
+                       CheckDims const& checkDims) noexcept {
   try {
-    if (nbOutputs != 1) {
-      logError(std::string(pluginName) + ": expects 1 output, got " + std::to_string(nbOutputs));
-      return -1;
-    }
     std::vector<nvinfer1::Dims> dims;
-    for (int32_t i = 0; i < nbInputs; ++i) dims.push_back(in[i].desc.dims);
+    for (int32_t i = 0; i < nbInputs; ++i) dims.push_back(dimsOf(in[i]));
     std::string const error = checkDims(dims.data(), nbInputs);
     if (!error.empty()) {
       logError(std::string(pluginName) + ": " + error);
@@ -68,9 +68,20 @@ int32_t configureOneOutput(char const* pluginName, nvinfer1::DynamicPluginTensor
     }
     return 0;
   } catch (std::exception const& e) {
-    logError(std::string(pluginName) + ": configurePlugin: " + e.what());
+    logError(std::string(pluginName) + ": " + stage + ": " + e.what());
   }
   return -1;
+}
+
+// The configurePlugin of both plugins: exactly one output, and input dimensions that checkDims accepts.
+template <typename CheckDims>
+int32_t configureOneOutput(char const* pluginName, nvinfer1::DynamicPluginTensorDesc const* in, int32_t nbInputs,
+                           int32_t nbOutputs, CheckDims const& checkDims) noexcept {
+  if (nbOutputs != 1) {
+    logError(std::string(pluginName) + ": expects 1 output, got " + std::to_string(nbOutputs));
+    return -1;
+  }
+  return checkInputDims(pluginName, "configurePlugin", in, nbInputs, checkDims);
 }
 
 }  // namespace trt

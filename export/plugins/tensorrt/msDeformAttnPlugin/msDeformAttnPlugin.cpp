@@ -137,19 +137,8 @@ char const* MSDeformAttnPlugin::getMetadataString() noexcept { return "FASegMSDe
 
 int32_t MSDeformAttnPlugin::onShapeChange(PluginTensorDesc const* in, int32_t nbInputs,
                                           PluginTensorDesc const* /*out*/, int32_t /*nbOutputs*/) noexcept {
-  try {
-    std::vector<Dims> dims;
-    for (int32_t i = 0; i < nbInputs; ++i) dims.push_back(in[i].dims);
-    std::string const error = checkDims(dims.data(), nbInputs);
-    if (!error.empty()) {
-      logError(std::string(kMSDeformAttnName) + ": " + error);
-      return -1;
-    }
-    return 0;
-  } catch (std::exception const& e) {
-    logError(std::string(kMSDeformAttnName) + ": onShapeChange: " + e.what());
-  }
-  return -1;
+  return checkInputDims(kMSDeformAttnName, "onShapeChange", in, nbInputs,
+                        &MSDeformAttnPlugin::checkDims);
 }
 
 int32_t MSDeformAttnPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,

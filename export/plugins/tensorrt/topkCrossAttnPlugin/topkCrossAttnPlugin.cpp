@@ -214,19 +214,8 @@ char const* TopKCrossAttnPlugin::getMetadataString() noexcept { return mDescript
 
 int32_t TopKCrossAttnPlugin::onShapeChange(PluginTensorDesc const* in, int32_t nbInputs,
                                            PluginTensorDesc const* /*out*/, int32_t /*nbOutputs*/) noexcept {
-  try {
-    std::vector<Dims> dims;
-    for (int32_t i = 0; i < nbInputs; ++i) dims.push_back(in[i].dims);
-    std::string const error = checkDims(dims.data(), nbInputs);
-    if (!error.empty()) {
-      logError(std::string(kTopKCrossAttnName) + ": " + error);
-      return -1;
-    }
-    return 0;
-  } catch (std::exception const& e) {
-    logError(std::string(kTopKCrossAttnName) + ": onShapeChange: " + e.what());
-  }
-  return -1;
+  return checkInputDims(kTopKCrossAttnName, "onShapeChange", in, nbInputs,
+                        [this](Dims const* dims, int32_t n) { return checkDims(dims, n); });
 }
 
 int32_t TopKCrossAttnPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
