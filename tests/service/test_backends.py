@@ -124,3 +124,24 @@ def test_torch_backend_loads_a_checkpoint_directory_with_the_model_loader() -> N
     assert out.labels.shape == (2, h, w) and out.labels.dtype == np.uint8
     assert out.confidence.shape == (2, h, w) and out.confidence.dtype == np.float32
     assert int(out.labels.max()) < len(info.classes)
+
+
+def test_onnxruntime_backend_reports_an_fp16_file(tmp_path: Path) -> None:
+    """A mixed fp16 export (faseg export onnx --precision fp16) is served as fp16 whatever the setting, and
+    runs on the CPU provider (ONNX Runtime widens what it has no fp16 kernels for) with the fp32 file's labels
+    on almost every pixel."""
+    from faseg.export.onnx_export import ExportOptions, export_checkpoint
+    from faseg.model.demo import demo_checkpoint_dir
+
+    files = {}
+    for precision in ("fp32", "fp16"):
+        files[precision] = tmp_path / f"demo_{precision}.onnx"
+        export_checkpoint(demo_checkpoint_dir(), files[precision], ExportOptions(precision=precision))
+    half = OnnxRuntimeBackend.load(files["fp16"], model_name="demo16", max_batch_size=2)
+    full = OnnxRuntimeBackend.load(files["fp32"], model_name="demo32", max_batch_size=2)
+    assert half.precision == "fp16" and full.precision == "fp32"
+    h, w = half.input_size
+    images = np.random.default_rng(0).integers(0, 256, (2, h, w, 3), dtype=np.uint8)
+    a, b = half.infer(images), full.infer(images)
+    check_output(a, images, half.info)
+    assert (a.labels == b.labels).mean() > 0.99
