@@ -7,14 +7,17 @@ image by cancelling its future: a queued image is then dropped before it runs (a
 one finishes and its result is discarded.
 
 The batch loop, a task on the event loop, repeats in this order:
-  1. wait until something is queued;
+  1. wait until something is queued and one of the ``instances`` is free (Triton's instance count: how many
+     model runs may be in flight at once; 1 runs one batch at a time);
   2. wait until ``max_batch_size`` images are queued, or the oldest queued image has waited
      ``max_queue_delay`` (no waiting at all when the delay is 0, or while stopping);
   3. take up to ``max_batch_size`` images in FIFO order, failing those already past their deadline;
-  4. run them on the inference thread (one model run; on out-of-memory, halves are retried down to a
-     single image, which then fails alone) and resolve each image's future with its own result or error.
+  4. start them on an inference thread (one model run; on out-of-memory, halves are retried down to a
+     single image, which then fails alone), which resolves each image's future with its own result or error
+     and frees the instance.
 Images of one request may land in different batches; each counts one toward ``max_batch_size`` and
-``max_queue_size``.
+``max_queue_size``. Concurrent runs share one loaded model: the backend's ``infer`` must be thread-safe
+(ONNX Runtime sessions and torch inference are; the TensorRT backend is limited to one instance).
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ class BatchPolicy:
     max_batch_size: int
     max_queue_delay_s: float
     max_queue_size: int
+    instances: int = 1  # model runs in flight at once; the executor needs at least this many threads
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_queue_delay_s < 0:
+        if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_queue_delay_s < 0 or self.instances < 1:
             raise ValueError(f"invalid batch policy {self}")
 
 
@@ -99,7 +103,8 @@ class DynamicBatcher:
         self._observer = observer
         self._queue: collections.deque[_Item] = collections.deque()
         self._changed = asyncio.Event()
-        self._running: list[_Item] = []
+        self._running: set[_Item] = set()  # images of the batches now running
+        self._runs: set[asyncio.Task[None]] = set()
         self._closed = False
         self._batch_time_s = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -142,7 +147,8 @@ class DynamicBatcher:
     def retry_after_s(self, images: int) -> int:
         """Seconds until the queue has probably drained enough to take ``images`` more."""
         batches = math.ceil((len(self._queue) + images) / self._policy.max_batch_size)
-        return max(MIN_RETRY_AFTER_S, math.ceil(batches * self._batch_time_s))
+        rounds = math.ceil(batches / self._policy.instances)
+        return max(MIN_RETRY_AFTER_S, math.ceil(rounds * self._batch_time_s))
 
     async def stop(self, timeout_s: float) -> None:
         """Refuse new work, run what is queued (without waiting for fuller batches) for up to
@@ -152,10 +158,11 @@ class DynamicBatcher:
         deadline = time.monotonic() + timeout_s
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        leftover = [*self._queue, *self._running]  # read before cancelling: the loop clears _running
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        leftover = [*self._queue, *self._running]  # read before cancelling: the runs clear _running
+        tasks = [t for t in (self._task, *self._runs) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for item in leftover:
             if not item.future.done():
                 item.future.set_exception(Draining("the server shut down before this image was done"))
@@ -178,14 +185,20 @@ class DynamicBatcher:
         self._observer.images_dropped(reason, 1)
 
     async def _loop(self) -> None:
+        free = asyncio.Semaphore(self._policy.instances)
         while True:
             while not self._queue:
                 self._changed.clear()
                 await self._changed.wait()
+            await free.acquire()  # a batch is formed only when an instance can run it (as Triton does)
             await self._wait_for_batch()
             batch = self._take_batch()
-            if batch:
-                await self._execute(batch)
+            if not batch:  # withdrawn or expired while waiting
+                free.release()
+                continue
+            run = asyncio.get_running_loop().create_task(self._execute(batch), name="faseg-batch")
+            self._runs.add(run)
+            run.add_done_callback(lambda task: (self._runs.discard(task), free.release()))
 
     async def _wait_for_batch(self) -> None:
         while self._queue and len(self._queue) < self._policy.max_batch_size and not self._closed:
@@ -220,7 +233,7 @@ class DynamicBatcher:
 
     async def _execute(self, batch: list[_Item]) -> None:
         started = time.monotonic()
-        self._running = batch
+        self._running.update(batch)
         try:
             outcomes = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._run_split, [item.image for item in batch]
@@ -229,7 +242,7 @@ class DynamicBatcher:
             log.exception("batch of %d failed", len(batch))
             outcomes = [InternalError(f"inference failed: {type(exc).__name__}")] * len(batch)
         finally:
-            self._running = []
+            self._running.difference_update(batch)
         infer_s = time.monotonic() - started
         weight = BATCH_TIME_EWMA_WEIGHT if self._batch_time_s else 1.0
         self._batch_time_s += weight * (infer_s - self._batch_time_s)

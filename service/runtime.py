@@ -26,7 +26,7 @@ class Runtime:
         self.settings = settings
         self.backend = backend
         self.metrics = metrics
-        # One inference thread: a backend runs one batch at a time (one instance, one CUDA stream).
+        # One inference thread per instance: the batcher keeps at most ``instances`` model runs in flight.
         self._infer_pool = infer_pool
         self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="faseg-decode")
         self._encode_pool = ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="faseg-encode")
@@ -34,6 +34,7 @@ class Runtime:
             max_batch_size=min(settings.max_batch_size, backend.max_batch_size),
             max_queue_delay_s=settings.queue_delay_s,
             max_queue_size=settings.max_queue_size,
+            instances=settings.instances,
         )
         self.batcher = DynamicBatcher(backend.infer, self.policy, infer_pool, metrics)
         self.pipeline = Pipeline(
@@ -48,7 +49,7 @@ class Runtime:
     @classmethod
     async def start(cls, settings: Settings, metrics: ServiceMetrics, backend: Backend | None = None) -> Runtime:
         """Load the backend (on the inference thread) unless one is given, and start the batcher."""
-        infer_pool = ThreadPoolExecutor(1, thread_name_prefix="faseg-infer")
+        infer_pool = ThreadPoolExecutor(settings.instances, thread_name_prefix="faseg-infer")
         if backend is None:
             try:
                 backend = await asyncio.get_running_loop().run_in_executor(infer_pool, load_backend, settings)

@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -159,7 +160,8 @@ def server_inputs(payloads: Sequence[Payload], settings: Any, input_size: tuple[
 
 class RawBackend:
     """The model loaded in this process exactly as the server loads it (same settings, same backend class),
-    fed the inputs the server makes of the same images."""
+    fed the inputs the server makes of the same images. With ``--instances N`` it is driven as the server
+    drives it: N runs of the same batch size in flight at once (images/s counts all of them)."""
 
     def __init__(self, model: Path, payloads: Sequence[Payload], max_batch_size: int, server_args: Sequence[str]):
         from faseg.service.backends import load_backend
@@ -173,41 +175,67 @@ class RawBackend:
         self.backend = load_backend(settings)
         self.tensors = server_inputs(payloads, settings, self.backend.input_size)
         self.max_batch_size = max_batch_size
+        self.instances = settings.instances
+        self._pool = ThreadPoolExecutor(self.instances, thread_name_prefix="raw-instance")
         for b in range(1, max_batch_size + 1):  # warm-up, as the server does before it turns ready
             self.backend.infer(self.batch(b))
 
     def batch(self, size: int, offset: int = 0) -> np.ndarray:
         return np.stack([self.tensors[(offset + i) % len(self.tensors)] for i in range(size)])
 
+    def _infer_all(self, batches: Sequence[np.ndarray]) -> None:
+        """One run per instance, all in flight at once (a plain call with one instance)."""
+        if len(batches) == 1:
+            self.backend.infer(batches[0])
+            return
+        for future in [self._pool.submit(self.backend.infer, b) for b in batches]:
+            future.result()
+
     def time_batches(self, runs: int) -> dict[int, dict[str, Any]]:
-        """Latency at every batch size 1 … max_batch_size, ``runs`` interleaved rounds, median."""
+        """Latency at every batch size 1 … max_batch_size, ``runs`` interleaved rounds, median. With several
+        instances a timed run is one batch per instance at once; images/s counts every instance's images."""
         sizes = range(1, self.max_batch_size + 1)
-        batches = {b: self.batch(b) for b in sizes}
+        n = self.instances
+        batches = {b: [self.batch(b, offset=i * b) for i in range(n)] for b in sizes}
         times: dict[int, list[float]] = {b: [] for b in sizes}
         cpu: dict[int, float] = dict.fromkeys(sizes, 0.0)
         for _ in range(runs):
             for b in sizes:
                 cpu_started = _process_cpu()
                 started = time.perf_counter()
-                self.backend.infer(batches[b])
+                self._infer_all(batches[b])
                 times[b].append(time.perf_counter() - started)
                 cpu[b] += _process_cpu() - cpu_started
         rows = {b: latency_row(times[b], b) for b in sizes}
         for b, row in rows.items():
-            row["cpu_ms_per_image"] = round(cpu[b] / (runs * b) * 1000.0, 3)
+            median_s = row["median_ms"] / 1000.0
+            row["instances"] = n
+            row["ms_per_image"] = round(median_s / (b * n) * 1000.0, 3)
+            row["images_per_s"] = round(b * n / median_s, 3)
+            row["cpu_ms_per_image"] = round(cpu[b] / (runs * b * n) * 1000.0, 3)
         return rows
 
     def throughput(self, batch: int, seconds: float) -> float:
-        """Images/s running batches of ``batch`` back to back for about ``seconds``."""
+        """Images/s running batches of ``batch`` back to back for about ``seconds``, on every instance at once
+        (each instance free-running, as the server's are)."""
         batches = [self.batch(batch, offset=i * batch) for i in range(max(1, len(self.tensors) // batch))]
-        images = 0
         started = time.perf_counter()
-        while images == 0 or time.perf_counter() - started < seconds:
-            self.backend.infer(batches[(images // batch) % len(batches)])
-            images += batch
+
+        def worker(first: int) -> int:
+            runs = 0
+            while runs == 0 or time.perf_counter() - started < seconds:
+                self.backend.infer(batches[(first + runs) % len(batches)])
+                runs += 1
+            return runs * batch
+
+        if self.instances == 1:
+            images = worker(0)
+        else:
+            images = sum(f.result() for f in [self._pool.submit(worker, i) for i in range(self.instances)])
         return images / (time.perf_counter() - started)
 
     def close(self) -> None:
+        self._pool.shutdown()
         self.backend.close()
         del self.backend
         gc.collect()
@@ -269,7 +297,8 @@ def _merge_raw(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any
     merged = {}
     for b in before:
         ms = statistics.fmean([before[b]["median_ms"], after[b]["median_ms"]])
-        merged[b] = {"median_ms": round(ms, 3), "images_per_s": round(b / ms * 1000.0, 3)}
+        images = b * before[b].get("instances", 1)  # a timed run holds one batch per instance
+        merged[b] = {"median_ms": round(ms, 3), "images_per_s": round(images / ms * 1000.0, 3)}
         if "cpu_ms_per_image" in before[b] and "cpu_ms_per_image" in after[b]:
             cpu = statistics.fmean([before[b]["cpu_ms_per_image"], after[b]["cpu_ms_per_image"]])
             merged[b]["cpu_ms_per_image"] = round(cpu, 3)

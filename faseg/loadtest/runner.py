@@ -36,6 +36,7 @@ PROGRESS_INTERVAL_S = 0.5
 MODEL_KEYS = ("name", "backend", "device", "precision", "input_size", "max_batch_size", "preset", "flavour")
 SERVER_SETTING_KEYS = (
     "max_batch_size",
+    "instances",
     "max_queue_delay_ms",
     "max_queue_size",
     "intra_op_threads",

@@ -107,6 +107,13 @@ class Settings(BaseSettings):
 
     # --- dynamic batcher (Triton semantics) -----------------------------------------------------------
     max_batch_size: int = Field(8, ge=1, le=1024, description="Most images in one model run.")
+    instances: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Model runs in flight at once on the one loaded model (Triton's instance count). On cpu, "
+        "intra_op_threads 0 then means cores // instances. Not with tensorrt (one execution context).",
+    )
     max_queue_delay_ms: float | None = Field(
         None,
         ge=0,
@@ -164,6 +171,8 @@ class Settings(BaseSettings):
             backend = implied
         if backend == "tensorrt" and self.device != "cuda":
             raise ValueError("backend tensorrt needs device cuda")
+        if backend == "tensorrt" and self.instances > 1:
+            raise ValueError("backend tensorrt runs one batch at a time (one execution context): instances must be 1")
         if self.limit_concurrency is not None and self.limit_concurrency <= self.max_queue_size:
             raise ValueError(
                 "limit_concurrency must exceed max_queue_size, or uvicorn's 503s would hide the queue's 429s"
@@ -172,7 +181,8 @@ class Settings(BaseSettings):
 
     def effective(self, default_model: Path | None = None) -> Settings:
         """A copy with every derived value filled in: the model path (``default_model`` when unset),
-        the backend it implies, the model name and the queue delay for the device."""
+        the backend it implies, the model name, the queue delay for the device and, with several instances on
+        cpu, the intra-op threads of each."""
         model = self.model if self.model is not None else default_model
         updates: dict[str, object] = {}
         if model is not None:
@@ -183,6 +193,9 @@ class Settings(BaseSettings):
                 updates["model_name"] = _safe_model_name(model.stem if model.suffix else model.name)
         if self.max_queue_delay_ms is None:
             updates["max_queue_delay_ms"] = DEFAULT_QUEUE_DELAY_MS[self.device]
+        if self.device == "cpu" and self.instances > 1 and self.intra_op_threads == 0:
+            # concurrent runs share the cores: each gets its share instead of every core
+            updates["intra_op_threads"] = max(1, (os.cpu_count() or 1) // self.instances)
         return self.model_copy(update=updates) if updates else self
 
     @property

@@ -281,3 +281,22 @@ def test_make_docs_renders_recorded_results(tmp_path: Path) -> None:
     text = out.read_text()
     assert "test run" in text and "| 1 |" in text
     assert "2026-01-01_service_toy.json" in text
+
+
+def test_raw_backend_drives_every_instance(toy_onnx: Path) -> None:
+    """With --instances 2 the raw side runs two batches at once, as the server does, and counts both."""
+    from faseg.bench.service_bench import RawBackend, _merge_raw
+    from faseg.loadtest.images import synthetic
+
+    raw = RawBackend(toy_onnx, synthetic(4, (96, 64)), max_batch_size=2, server_args=["--instances", "2"])
+    try:
+        assert raw.instances == 2
+        rows = raw.time_batches(runs=2)
+        for b, row in rows.items():
+            assert row["instances"] == 2 and row["batch"] == b
+            assert row["images_per_s"] == pytest.approx(2 * b / (row["median_ms"] / 1000.0), rel=1e-3)
+        merged = _merge_raw(rows, rows)
+        assert merged[2]["images_per_s"] == pytest.approx(rows[2]["images_per_s"], rel=1e-3)
+        assert raw.throughput(2, seconds=0.2) > 0
+    finally:
+        raw.close()

@@ -194,3 +194,75 @@ def test_stop_timeout_fails_running_and_queued_images_with_503() -> None:
                     future.result()
 
     asyncio.run(body())
+
+
+class Overlap(Recorder):
+    """Records how many model runs are in flight at once."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__(delay_s=delay_s)
+        self._lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+
+    def run(self, images: np.ndarray) -> BackendOutput:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            return super().run(images)
+        finally:
+            with self._lock:
+                self.now -= 1
+
+
+@pytest.mark.parametrize("instances", [1, 2, 3])
+def test_instances_bound_the_runs_in_flight(instances: int) -> None:
+    """Triton's instance count: up to `instances` batches run at once, never more; results still map back."""
+    recorder = Overlap(delay_s=0.1)
+    policy = BatchPolicy(max_batch_size=2, max_queue_delay_s=0.0, max_queue_size=64, instances=instances)
+
+    async def body() -> None:
+        with ThreadPoolExecutor(4) as pool:  # more threads than instances: the batcher is what bounds them
+            batcher = DynamicBatcher(recorder.run, policy, pool, recorder)
+            batcher.start()
+            try:
+                futures = batcher.submit([_image(v) for v in range(12)], time.monotonic() + 30)
+                results = await asyncio.gather(*futures)
+            finally:
+                await batcher.stop(timeout_s=5.0)
+        assert [int(r.labels[0, 0]) for r in results] == list(range(12))
+        assert all(r.batch_size == 2 for r in results)
+
+    started = time.monotonic()
+    asyncio.run(body())
+    elapsed = time.monotonic() - started
+    assert recorder.most == instances
+    assert sorted(recorder.batches) == [2] * 6
+    # 6 batches of 0.1 s, `instances` at a time
+    assert elapsed >= 0.1 * -(-6 // instances) - 0.02
+
+
+def test_stop_with_several_runs_in_flight_fails_them_with_503() -> None:
+    recorder = Overlap(delay_s=0.5)
+    policy = BatchPolicy(max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=64, instances=2)
+
+    async def body() -> None:
+        with ThreadPoolExecutor(2) as pool:
+            batcher = DynamicBatcher(recorder.run, policy, pool, recorder)
+            batcher.start()
+            futures = batcher.submit([_image(1), _image(2), _image(3)], time.monotonic() + 30)
+            while recorder.now < 2:
+                await asyncio.sleep(0.01)
+            assert batcher.in_flight == 3  # two running, one queued
+            await batcher.stop(timeout_s=0.05)
+            for future in futures:
+                with pytest.raises(Draining):
+                    future.result()
+
+    asyncio.run(body())
+
+
+def test_policy_rejects_zero_instances() -> None:
+    with pytest.raises(ValueError, match="invalid batch policy"):
+        BatchPolicy(max_batch_size=1, max_queue_delay_s=0.0, max_queue_size=1, instances=0)

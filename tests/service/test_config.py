@@ -54,6 +54,8 @@ def test_flags_cover_every_setting() -> None:
         {"max_image_pixels": 10**9},
         {"model": Path("weights.bin")},
         {"model_name": "bad name/with slash"},
+        {"instances": 0},
+        {"backend": "tensorrt", "device": "cuda", "instances": 2},  # one execution context
     ],
 )
 def test_unsafe_values_rejected(kwargs: dict[str, object]) -> None:
@@ -101,3 +103,14 @@ def test_default_model_is_exported_once_and_cached(tmp_path: Path, monkeypatch: 
     assert resolve_default_model(tmp_path / "cache") == first  # cached: not exported again
     assert first.stat().st_mtime_ns == stamp
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.name]  # no temporary left behind
+
+
+def test_instances_share_the_cpu_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several instances on cpu: each run gets cores // instances intra-op threads unless set explicitly."""
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert Settings(instances=2).effective().intra_op_threads == 4
+    assert Settings(instances=3).effective().intra_op_threads == 2
+    assert Settings(instances=16).effective().intra_op_threads == 1
+    assert Settings(instances=2, intra_op_threads=3).effective().intra_op_threads == 3
+    assert Settings().effective().intra_op_threads == 0  # one instance: the library's default
+    assert Settings(instances=2, device="cuda").effective().intra_op_threads == 0
