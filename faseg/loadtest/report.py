@@ -131,6 +131,9 @@ def check_report(report: Any) -> list[str]:
         for key in LATENCY_KEYS:
             if key not in latency or not isinstance(latency[key], (*_NUMBER, type(None))):
                 problems.append(f"{where}.latency_ms.{key}: missing or not a number")
+        ordered = [latency.get(k) for k in ("min", "p50", "p90", "p95", "p99", "max")]
+        if all(isinstance(v, _NUMBER) for v in ordered) and ordered != sorted(ordered):
+            problems.append(f"{where}.latency_ms: min ≤ p50 ≤ p90 ≤ p95 ≤ p99 ≤ max does not hold: {ordered}")
         for code, count in step.get("errors", {}).items():
             if not isinstance(code, str) or not isinstance(count, int):
                 problems.append(f"{where}.errors: {code!r}: {count!r} is not status → count")

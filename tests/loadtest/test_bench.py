@@ -188,6 +188,9 @@ def test_report_files_and_schema_check(tmp_path: Path) -> None:
     problems = check_report(broken)
     assert any("latency_ms.p99" in p for p in problems)
     assert any("steps[1].images_per_s" in p for p in problems)
+    unordered = json.loads(Path(files["json"]).read_text())
+    unordered["steps"][0]["latency_ms"]["p90"] = unordered["steps"][0]["latency_ms"]["max"] + 1.0
+    assert any("min ≤ p50" in p for p in check_report(unordered))
     assert check_report({"schema": SCHEMA}) != []
 
 

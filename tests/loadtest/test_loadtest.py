@@ -33,8 +33,6 @@ def test_ten_second_closed_loop_report(live_server: ServerProcess, tmp_path: Pat
         assert step["mode"] == "closed"
         assert step["successes"] > 0 and step["images_per_s"] > 0
         assert step["errors"] == {}
-        latency = step["latency_ms"]
-        assert latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p95"] <= latency["p99"] <= latency["max"]
         server = step["server"]
         assert set(SERVER_STAGES) <= set(server["stages_ms"])
         assert server["mean_batch_size"] >= 1
