@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
 from torch import Tensor
 
@@ -67,6 +68,60 @@ def torchvision_resnet_name(key: str) -> str | None:
     return f"{prefix}shortcut.{leaf}" if part == "downsample.0" else f"{prefix}shortcut.norm.{leaf}"
 
 
+def _convert_backbone_file(
+    path: str | os.PathLike[str],
+    cfg: ModelConfig | None,
+    source_format: str,
+    classify: Callable[[str], tuple[str | None, str | None]],
+    *,
+    overrides: list[str] | tuple[str, ...],
+    allow_partial: bool,
+) -> Conversion:
+    """Read a backbone checkpoint, check its layout is ``source_format``, and map it: ``classify(key)`` gives
+    (our name, None) for a key that is kept or (None, why) for one that is ignored."""
+    source = str(path)
+    state, _ = extract_state_dict(read_checkpoint_file(path, source_format), source)
+    layout = sniff_layout(state)
+    if layout != source_format:
+        raise wrong_layout_error(source, layout, source_format)
+    mapped: dict[str, Tensor] = {}
+    names: dict[str, str] = {}
+    ignored: dict[str, str] = {}
+    for key, tensor in state.items():
+        ours, reason = classify(key)
+        if ours is None:
+            ignored[key] = reason or "not used"
+            continue
+        mapped[ours] = tensor
+        names[ours] = key
+    return convert_backbone_state_dict(
+        mapped,
+        cfg,
+        source=source,
+        source_format=source_format,
+        overrides=overrides,
+        allow_partial=allow_partial,
+        ignored=ignored,
+        source_names=names,
+    )
+
+
+def _torchvision_resnet_key(key: str) -> tuple[str | None, str | None]:
+    if key.startswith("fc."):
+        return None, "ImageNet classifier"
+    return torchvision_resnet_name(key) or key, None
+
+
+def _swin_key(key: str) -> tuple[str | None, str | None]:
+    if key.startswith("head."):
+        return None, "ImageNet classifier"
+    if key.startswith("norm."):
+        return None, "classification-only final LayerNorm (the per-stage norm0..norm3 are new)"
+    if key.endswith(".attn_mask"):
+        return None, "shift mask buffer: recomputed for every input size"
+    return "backbone." + key, None
+
+
 def convert_torchvision_resnet(
     path: str | os.PathLike[str],
     cfg: ModelConfig | None,
@@ -74,30 +129,8 @@ def convert_torchvision_resnet(
     overrides: list[str] | tuple[str, ...] = (),
     allow_partial: bool = False,
 ) -> Conversion:
-    source = str(path)
-    state, _ = extract_state_dict(read_checkpoint_file(path, "torchvision-resnet"), source)
-    layout = sniff_layout(state)
-    if layout != "torchvision-resnet":
-        raise wrong_layout_error(source, layout, "torchvision-resnet")
-    mapped: dict[str, Tensor] = {}
-    names: dict[str, str] = {}
-    ignored: dict[str, str] = {}
-    for key, tensor in state.items():
-        if key.startswith("fc."):
-            ignored[key] = "ImageNet classifier"
-            continue
-        ours = torchvision_resnet_name(key)
-        mapped[ours or key] = tensor
-        names[ours or key] = key
-    return convert_backbone_state_dict(
-        mapped,
-        cfg,
-        source=source,
-        source_format="torchvision-resnet",
-        overrides=overrides,
-        allow_partial=allow_partial,
-        ignored=ignored,
-        source_names=names,
+    return _convert_backbone_file(
+        path, cfg, "torchvision-resnet", _torchvision_resnet_key, overrides=overrides, allow_partial=allow_partial
     )
 
 
@@ -108,34 +141,7 @@ def convert_swin(
     overrides: list[str] | tuple[str, ...] = (),
     allow_partial: bool = False,
 ) -> Conversion:
-    source = str(path)
-    state, _ = extract_state_dict(read_checkpoint_file(path, "swin"), source)
-    layout = sniff_layout(state)
-    if layout != "swin":
-        raise wrong_layout_error(source, layout, "swin")
-    mapped: dict[str, Tensor] = {}
-    names: dict[str, str] = {}
-    ignored: dict[str, str] = {}
-    for key, tensor in state.items():
-        if key.startswith("head."):
-            ignored[key] = "ImageNet classifier"
-        elif key.startswith("norm."):
-            ignored[key] = "classification-only final LayerNorm (the per-stage norm0..norm3 are new)"
-        elif key.endswith(".attn_mask"):
-            ignored[key] = "shift mask buffer: recomputed for every input size"
-        else:
-            mapped["backbone." + key] = tensor
-            names["backbone." + key] = key
-    return convert_backbone_state_dict(
-        mapped,
-        cfg,
-        source=source,
-        source_format="swin",
-        overrides=overrides,
-        allow_partial=allow_partial,
-        ignored=ignored,
-        source_names=names,
-    )
+    return _convert_backbone_file(path, cfg, "swin", _swin_key, overrides=overrides, allow_partial=allow_partial)
 
 
 def _check_backbone(state: dict[str, Tensor], cfg: ModelConfig, source: str, source_format: str) -> None:
