@@ -92,17 +92,6 @@ class Scratch {
   void* data_ = nullptr;
 };
 
-int64_t int_attr(const OrtKernelInfo* info, const char* name, int64_t fallback, bool* present = nullptr) {
-  int64_t value = 0;
-  OrtStatus* status = g_api->KernelInfoGetAttribute_int64(info, name, &value);
-  if (present) *present = status == nullptr;
-  if (status != nullptr) {
-    g_api->ReleaseStatus(status);
-    return fallback;
-  }
-  return value;
-}
-
 // ---------------------------------------------------------------------------------------------
 // FASegMSDeformAttn_TRT, CUDA
 // ---------------------------------------------------------------------------------------------
@@ -234,22 +223,8 @@ struct TopKCrossAttnCudaKernel {
 struct TopKCrossAttnCudaOp : Ort::CustomOpBase<TopKCrossAttnCudaOp, TopKCrossAttnCudaKernel, true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
     return guarded(g_api, [&] {
-      const char* op = kTopKCrossAttnName;
       FasegTopKCrossAttnShape a{};
-      bool has_heads = false;
-      a.num_heads = int_attr(info, "num_heads", 0, &has_heads);
-      a.divisor = int_attr(info, "divisor", 32);
-      a.mode = int_attr(info, "mode", 0);
-      a.level0_h = int_attr(info, "level0_h", 0);
-      a.level0_w = int_attr(info, "level0_w", 0);
-      if (!has_heads) fail(op, "the int attribute num_heads is required");
-      if (a.num_heads < 1) fail(op, "num_heads must be >= 1, got " + std::to_string(a.num_heads));
-      if (a.divisor < 1) fail(op, "divisor must be >= 1, got " + std::to_string(a.divisor));
-      if (a.mode != 0 && a.mode != 1) fail(op, "mode must be 0 (window) or 1 (bilinear), got " + std::to_string(a.mode));
-      if (a.level0_h < 0 || a.level0_w < 0 || ((a.level0_h == 0) != (a.level0_w == 0))) {
-        fail(op, "level0_h and level0_w must both be >= 1, or both 0 (derive from the inputs); got " +
-                     std::to_string(a.level0_h) + ", " + std::to_string(a.level0_w));
-      }
+      read_topk_attrs(g_api, info, a);
       auto* k = new TopKCrossAttnCudaKernel();
       k->attrs = a;
       *kernel = k;

@@ -44,6 +44,40 @@ OrtStatusPtr guarded(const OrtApi* api, Fn&& fn) noexcept {
   }
 }
 
+// Reads an optional int attribute; returns fallback when it is absent (*present tells which).
+inline int64_t int_attr(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t fallback,
+                        bool* present = nullptr) {
+  int64_t value = 0;
+  OrtStatus* status = api->KernelInfoGetAttribute_int64(info, name, &value);
+  if (present) *present = status == nullptr;
+  if (status != nullptr) {
+    api->ReleaseStatus(status);
+    return fallback;
+  }
+  return value;
+}
+
+// Reads and checks the FASegTopKCrossAttn_TRT attributes (docs/plugin_contract.md) into a, any struct with
+// int64 fields num_heads, divisor, mode (0 window, 1 bilinear), level0_h and level0_w.
+template <typename Attrs>
+void read_topk_attrs(const OrtApi* api, const OrtKernelInfo* info, Attrs& a) {
+  const char* op = kTopKCrossAttnName;
+  bool has_heads = false;
+  a.num_heads = int_attr(api, info, "num_heads", 0, &has_heads);
+  a.divisor = int_attr(api, info, "divisor", 32);
+  a.mode = int_attr(api, info, "mode", 0);
+  a.level0_h = int_attr(api, info, "level0_h", 0);
+  a.level0_w = int_attr(api, info, "level0_w", 0);
+  if (!has_heads) fail(op, "the int attribute num_heads is required");
+  if (a.num_heads < 1) fail(op, "num_heads must be >= 1, got " + std::to_string(a.num_heads));
+  if (a.divisor < 1) fail(op, "divisor must be >= 1, got " + std::to_string(a.divisor));
+  if (a.mode != 0 && a.mode != 1) fail(op, "mode must be 0 (window) or 1 (bilinear), got " + std::to_string(a.mode));
+  if (a.level0_h < 0 || a.level0_w < 0 || ((a.level0_h == 0) != (a.level0_w == 0))) {
+    fail(op, "level0_h and level0_w must both be >= 1, or both 0 (derive from the inputs); got " +
+                 std::to_string(a.level0_h) + ", " + std::to_string(a.level0_w));
+  }
+}
+
 inline std::string shape_str(const std::vector<int64_t>& shape) {
   std::ostringstream s;
   s << "[";
