@@ -33,6 +33,19 @@ from typing import Any, ClassVar
 
 import torch
 from faseg.export import custom_ops
+from faseg.export.metadata import (
+    FORMAT_VERSION,
+    META_CLASSES,
+    META_EXPORTER,
+    META_FLAVOUR,
+    META_FORMAT_VERSION,
+    META_INPUT_LAYOUT,
+    META_INPUT_SIZE,
+    META_OUTPUTS,
+    META_PALETTE,
+    META_PRECISION,
+    META_PRESET,
+)
 from torch import Tensor, nn
 
 INPUT_NAME = "images"
@@ -57,19 +70,7 @@ PRECISIONS = ("fp32", "fp16")
 #: TensorRT 8.6–11 all parse it. The TorchScript exporter writes IR version 8 for it.
 DEFAULT_OPSET = 17
 MAX_IR_VERSION = 10  # ORT 1.31 accepts ≤ 13 but TensorRT's parser and older runtimes want ≤ 10
-FORMAT_VERSION = "1"
 
-# Metadata keys (the service reads them; see service/backends/base.py).
-META_CLASSES = "faseg.classes"
-META_PALETTE = "faseg.palette"
-META_INPUT_SIZE = "faseg.input_size"
-META_PRESET = "faseg.preset"
-META_FLAVOUR = "faseg.flavour"
-META_PRECISION = "faseg.precision"
-META_FORMAT_VERSION = "faseg.format_version"
-META_OUTPUTS = "faseg.outputs"
-META_INPUT_LAYOUT = "faseg.input_layout"
-META_EXPORTER = "faseg.exporter"
 INPUT_LAYOUT = "NHWC uint8 RGB 0-255"
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .metadata import META_FLAVOUR, META_INPUT_SIZE, META_PRECISION
+
 TENSORRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
@@ -32,9 +34,6 @@ GPU_PROVIDERS = (TENSORRT_EP, CUDA_EP)
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
-META_FLAVOUR = "faseg.flavour"
-META_PRECISION = "faseg.precision"
-META_INPUT_SIZE = "faseg.input_size"
 PLUGIN_FLAVOUR = "plugin"
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import custom_ops
+from .metadata import META_INPUT_SIZE
 from .tensorrt_runtime import (
     PLUGIN_LIBRARY_ENV,
     PLUGIN_LIBRARY_NAME,
@@ -43,7 +44,6 @@ from .tensorrt_runtime import (
     trt_logger,
 )
 
-META_INPUT_SIZE = "faseg.input_size"
 ENGINE_META_PREFIX = "faseg.engine."
 DEFAULT_BATCH_PROFILE = "1,4,8"
 

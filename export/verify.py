@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .metadata import META_CLASSES, META_PRESET
+
 SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 LOGIT_OUTPUTS = ("pred_logits", "pred_masks")
 
@@ -263,13 +265,13 @@ def default_checkpoint() -> Path:
 
 
 def _check_against_checkpoint(metadata: dict[str, str], model: Any, onnx_path: Path) -> None:
-    classes = metadata.get("faseg.classes")
+    classes = metadata.get(META_CLASSES)
     if classes is not None and len(json.loads(classes)) != model.num_classes:
         raise VerifyError(
             f"{onnx_path} was exported for {len(json.loads(classes))} classes but the checkpoint has "
             f"{model.num_classes}; verify it against the checkpoint it was exported from"
         )
-    preset = metadata.get("faseg.preset")
+    preset = metadata.get(META_PRESET)
     if preset is not None and preset != model.cfg.name:
         raise VerifyError(f"{onnx_path} was exported from preset {preset!r}, the checkpoint is {model.cfg.name!r}")
 

@@ -16,17 +16,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from faseg.export.metadata import (  # the keys the exporter writes (ONNX metadata_props, TensorRT sidecars)
+    META_CLASSES,
+    META_FLAVOUR,
+    META_FORMAT_VERSION,
+    META_INPUT_SIZE,
+    META_PALETTE,
+    META_PRESET,
+)
 
 RGB = tuple[int, int, int]
-
-# Metadata keys the exporter writes into ``onnx.ModelProto.metadata_props`` (and TensorRT sidecar files).
-META_CLASSES = "faseg.classes"
-META_PALETTE = "faseg.palette"
-META_INPUT_SIZE = "faseg.input_size"
-META_PRESET = "faseg.preset"
-META_FLAVOUR = "faseg.flavour"
-META_PRECISION = "faseg.precision"
-META_FORMAT_VERSION = "faseg.format_version"
 
 INPUT_NAME = "images"
 LABELS_NAME = "labels"

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from faseg.export.metadata import META_FLAVOUR, META_PRECISION
 
 from .base import (
     CONFIDENCE_NAME,
     INPUT_NAME,
     LABELS_NAME,
-    META_FLAVOUR,
-    META_PRECISION,
     Backend,
     BackendError,
     BackendOutOfMemory,
