@@ -69,6 +69,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+    """SIGTERM, then SIGKILL if it has not exited after ``timeout_s``; its exit code (None if never started)."""
+    if process is None or process.poll() is not None:
+        return None if process is None else process.returncode
+    process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
 class ServerProcess:
     """``python -m faseg.service`` on a free loopback port; a context manager that always stops it."""
 
@@ -122,14 +134,7 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")[-3000:]
 
     def stop(self) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return stop_process(self.process)
 
     def __enter__(self) -> ServerProcess:
         return self.start()

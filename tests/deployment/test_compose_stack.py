@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from faseg.bench.service_bench import free_port
 
 from . import ROOT, cpu_image, engine, run, wait_until
 
@@ -43,12 +44,6 @@ STANDINS = {
         'ENTRYPOINT ["/usr/bin/prometheus"]\n',
     ),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def compose_binary() -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import socket
 import subprocess
 import threading
 import time
@@ -22,6 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from faseg.bench.service_bench import free_port
+
 from . import ROOT, cpu_image, engine, run, wait_until
 
 pytestmark = pytest.mark.slow
@@ -29,12 +30,6 @@ pytestmark = pytest.mark.slow
 BAKED_MODEL = "/opt/faseg/models/faseg_demo.onnx"
 READY_TIMEOUT_S = 180
 DRAIN_DELAY_S = 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def photographs() -> dict[str, bytes]:
