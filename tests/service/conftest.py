@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 from service_images import blocks_image, encode
@@ -52,3 +53,10 @@ def photos() -> dict[str, bytes]:
         "rocket.jpg": encode(rocket, "JPEG", quality=85),
         "blocks.png": encode(blocks_image(), "PNG"),
     }
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    """An HTTP client on the module's own ``server`` fixture."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client

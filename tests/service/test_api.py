@@ -29,12 +29,6 @@ def server(server_factory: ServerFactory) -> Iterator[ServerProcess]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
-
-
 def _segment(client: httpx.Client, data: bytes, params: str = "", ctype: str = "image/png", **kw) -> httpx.Response:
     return client.post(f"/v1/segment{params}", content=data, headers={"Content-Type": ctype, **kw})
 

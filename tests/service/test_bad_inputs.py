@@ -159,12 +159,6 @@ def _rejections(client: httpx.Client) -> dict[str, float]:
     } | {}
 
 
-@pytest.fixture(scope="module")
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_gets_documented_error(case: Case, client: httpx.Client, server: ServerProcess) -> None:
     status, headers, body = _status_and_body(case.send(client, server))

@@ -24,12 +24,6 @@ def server(server_factory: ServerFactory) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def triton(server: ServerProcess) -> Iterator[object]:
     client = triton_http.InferenceServerClient(url=f"127.0.0.1:{server.port}")
     yield client
