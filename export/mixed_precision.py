@@ -48,10 +48,14 @@ class MixedPrecisionError(ValueError):
 class ConversionReport:
     fp16_nodes: int = 0
     fp32_nodes: int = 0
-    kept_fp32: int = 0  # nodes that would compute in fp16 but ``keep_fp32`` held in fp32
     casts_inserted: int = 0
     fp16_initializers: int = 0
     kept_by_rule: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def kept_fp32(self) -> int:
+        """Nodes that would compute in fp16 but ``keep_fp32`` held in fp32."""
+        return sum(self.kept_by_rule.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +64,7 @@ class ConversionReport:
             "kept_fp32": self.kept_fp32,
             "casts_inserted": self.casts_inserted,
             "fp16_initializers": self.fp16_initializers,
+            "kept_by_rule": dict(self.kept_by_rule),
         }
 
 
@@ -184,7 +189,6 @@ def convert_to_mixed_precision(
         float_data_out = any(types.get(o) == FLOAT and o in data for o in node.output if o)
         rule = keep_fp32(node) if float_data_out else None
         if float_data_out and rule is not None:
-            report.kept_fp32 += 1
             report.kept_by_rule[rule] = report.kept_by_rule.get(rule, 0) + 1
         if float_data_out and rule is None:
             report.fp16_nodes += 1

@@ -468,7 +468,7 @@ class MixedPrecision(ExportStep):
         held = report.kept_by_rule.get("deformable attention", 0) + report.kept_by_rule.get("plugin op", 0)
         if sum(sensitive.values()) and not held:
             raise ExportError(f"fp16: no deformable-attention node matched the fp32 rules (found {dict(sensitive)})")
-        return {**report.to_dict(), "kept_by_rule": report.kept_by_rule}
+        return report.to_dict()
 
     @classmethod
     def keep_fp32_rule(cls, proto: Any) -> Any:
