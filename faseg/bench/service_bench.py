@@ -58,6 +58,7 @@ from .model_bench import latency_row
 SCHEMA = "faseg.bench.service/1"
 TARGET_THROUGHPUT_RATIO = 0.9
 TARGET_P50_OVERHEAD_MS = 15.0
+CONFIDENCE = 0.9  # of the interval given for the median paired throughput ratio
 STARTUP_TIMEOUT_S = 300.0  # warm-up of every batch size of a large model on a slow CPU
 STOP_TIMEOUT_S = 30.0
 DEFAULT_SERVER_ARGS = ("--no-access-log", "--log-level", "warning", "--drain-delay-s", "0")
@@ -298,6 +299,23 @@ def interpolate(per_batch: dict[int, float], batch: float) -> float:
     return per_batch[low] + (per_batch[high] - per_batch[low]) * (batch - low)
 
 
+def median_confidence_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> dict[str, Any] | None:
+    """Distribution-free interval for the median: the order statistics x_(k) and x_(n+1-k), with k the largest
+    for which two binomial(n, ½) tails of k − 1 stay within 1 − ``confidence`` (so coverage ≥ ``confidence``).
+    None when there are too few values for any k ≥ 1."""
+    from scipy.stats import binom
+
+    ordered = sorted(values)
+    n = len(ordered)
+    k = 0
+    while k + 1 <= n // 2 and 2 * binom.cdf(k, n, 0.5) <= 1 - confidence:
+        k += 1
+    if k == 0:
+        return None
+    coverage = 1.0 - 2.0 * float(binom.cdf(k - 1, n, 0.5))
+    return {"low": round(ordered[k - 1], 4), "high": round(ordered[n - k], 4), "coverage": round(coverage, 4), "n": n}
+
+
 def _merge_raw(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]]) -> dict[int, dict[str, float]]:
     merged = {}
     for b in before:
@@ -336,8 +354,11 @@ def compare(
     sweep_ratio = best["images_per_s"] / raw_at_batch if raw_at_batch else None
     throughput_ratio = sweep_ratio
     throughput_source = "sweep's best step vs raw table (before/after mean) at its mean batch size"
+    ratio_ci = None
     if throughput_pairs:
-        throughput_ratio = statistics.median(pair["ratio"] for pair in throughput_pairs)
+        ratios = [pair["ratio"] for pair in throughput_pairs]
+        throughput_ratio = statistics.median(ratios)
+        ratio_ci = median_confidence_interval(ratios)
         throughput_source = (
             f"paired: median of {len(throughput_pairs)} rounds alternating HTTP at c={best['concurrency']} with "
             "the raw backend at the batch size the server formed in that round"
@@ -358,6 +379,7 @@ def compare(
         "raw_images_per_s_at_that_batch": round(raw_at_batch, 3),
         "throughput_ratio": round(throughput_ratio, 4) if throughput_ratio is not None else None,
         "throughput_source": throughput_source,
+        "throughput_ratio_ci": ratio_ci,
         "sweep_throughput_ratio": round(sweep_ratio, 4) if sweep_ratio is not None else None,
         "raw_best_images_per_s": max(raw_ips.values()),
         "throughput_ratio_vs_raw_best": round(best["images_per_s"] / max(raw_ips.values()), 4),
@@ -426,8 +448,8 @@ def run_service_bench(
     raw_runs: int = 5,
     paired_rounds: int = 5,
     paired_per_round: int = 10,
-    throughput_rounds: int = 3,
-    throughput_duration_s: float = 5.0,
+    throughput_rounds: int = 8,
+    throughput_duration_s: float = 3.0,
     outputs: str = "stats",
     client: str = "auto",
     server_args: Sequence[str] = (),
@@ -475,7 +497,7 @@ def run_service_bench(
             best = max(sweep["steps"], key=lambda st: st["images_per_s"])
             for index in range(throughput_rounds):
                 say(f"paired throughput round {index + 1}/{throughput_rounds}: HTTP c={best['concurrency']}, then raw")
-                short = {**load, "duration_s": throughput_duration_s, "warmup_s": 1.0, "progress": None}
+                short = {**load, "duration_s": throughput_duration_s, "warmup_s": 0.5, "progress": None}
                 [step] = run_loadtest(LoadTestConfig(url=batched.url, levels=[best["concurrency"]], **short))["steps"]
                 formed = (step.get("server") or {}).get("mean_batch_size") or 1.0
                 sizes = sorted({math.floor(formed), math.ceil(formed)})

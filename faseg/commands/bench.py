@@ -100,6 +100,7 @@ def run_service(args: argparse.Namespace) -> int:
         paired_rounds=args.paired_rounds,
         paired_per_round=args.paired_per_round,
         throughput_rounds=args.throughput_rounds,
+        throughput_duration_s=args.throughput_seconds,
         outputs=args.outputs,
         client=args.client,
         server_args=args.server_arg,
@@ -173,7 +174,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     service.add_argument("--paired-rounds", type=int, default=5, help="rounds of the paired c=1 latency (5)")
     service.add_argument("--paired-per-round", type=int, default=10, help="HTTP requests and raw runs per round (10)")
     service.add_argument(
-        "--throughput-rounds", type=int, default=3, help="rounds of HTTP at the best concurrency vs raw (3)"
+        "--throughput-rounds", type=int, default=8, help="rounds of HTTP at the best concurrency vs raw (8)"
+    )
+    service.add_argument(
+        "--throughput-seconds", type=float, default=3.0, metavar="S", help="seconds of HTTP, then of raw, per round (3)"
     )
     service.add_argument("--outputs", default="stats", help="outputs= of each request (stats)")
     service.add_argument("--client", choices=("auto", "aiohttp", "httpx"), default="auto", help="HTTP client library")

@@ -1,4 +1,8 @@
-"""Dependencies as ``Annotated`` aliases, so route signatures read as types."""
+"""Dependencies as ``Annotated`` aliases, so route signatures read as types.
+
+They are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in its worker thread
+pool, a thread hop (and wake-up) per dependency per request, which on a CPU server takes time from the model.
+"""
 
 from __future__ import annotations
 
@@ -13,19 +17,19 @@ from ..metrics import ServiceMetrics
 from ..runtime import Runtime
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_lifecycle(request: Request) -> Lifecycle:
+async def get_lifecycle(request: Request) -> Lifecycle:
     return request.app.state.lifecycle
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     return request.app.state.metrics
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None:
         raise NotReady("the model is still loading", retry_after_s=NOT_READY_RETRY_AFTER_S)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from faseg.bench.model_bench import run_model_bench
-from faseg.bench.service_bench import compare, interpolate
+from faseg.bench.service_bench import compare, interpolate, median_confidence_interval
 from faseg.cli import main
 from faseg.loadtest import check_report, write_report
 from faseg.loadtest.client import CLIENT_OVERFLOW, Sample, Window, latency_summary, percentile, summarize
@@ -227,10 +227,25 @@ def test_parity_ratios() -> None:
     assert result["batching"]["ratio"] == pytest.approx(21.25 / 19.0, abs=1e-4)  # medians of the rounds
     assert all(result["targets_met"].values())
     pairs = [{"ratio": 0.8}, {"ratio": 0.95}, {"ratio": 1.0}]
-    assert compare(raw, sweep, paired, rounds, pairs)["throughput_ratio"] == 0.95  # the median round
+    three = compare(raw, sweep, paired, rounds, pairs)
+    assert three["throughput_ratio"] == 0.95  # the median round
+    assert three["throughput_ratio_ci"] is None  # three rounds are too few for a 90% interval
+    eight = compare(raw, sweep, paired, rounds, [{"ratio": r} for r in (0.97, 0.8, 0.91, 0.93, 0.85, 1.2, 0.9, 0.95)])
+    assert eight["throughput_ratio"] == pytest.approx(0.92)
+    assert eight["throughput_ratio_ci"] == {"low": 0.85, "high": 0.97, "coverage": 0.9297, "n": 8}
     unpaired = compare(raw, sweep)  # falls back to the sweep's c=1 step against raw batch 1
     assert unpaired["p50_overhead_ms_c1"] == pytest.approx(10.0 - 50.0)
     assert "batching" not in unpaired
+
+
+def test_median_interval_is_the_binomial_order_statistics() -> None:
+    """x_(k) … x_(n+1-k) with P(Binomial(n, ½) ≤ k − 1) ≤ 5% on each side: the textbook values."""
+    values = [float(v) for v in range(1, 21)]  # n = 20: k = 6 (P(X ≤ 5) = 0.0207, P(X ≤ 6) = 0.0577)
+    interval = median_confidence_interval(values)
+    assert (interval["low"], interval["high"]) == (6.0, 15.0)
+    assert interval["coverage"] == pytest.approx(1 - 2 * 0.020695, abs=1e-4)
+    assert median_confidence_interval([1.0, 2.0, 3.0, 4.0]) is None
+    assert median_confidence_interval(values[::-1]) == interval  # order of the rounds does not matter
 
 
 def test_model_bench_on_toy_onnx(toy_onnx: Path) -> None:

@@ -37,7 +37,7 @@ class SegmentParams:
     timeout_ms: int | None
 
 
-def segment_params(
+async def segment_params(  # async: no thread hop (see ..deps)
     outputs: Annotated[
         list[Annotated[str, StringConstraints(pattern=OUTPUTS_PATTERN)]] | None,
         Query(description="Any of stats, rle, png, overlay; comma-separated or repeated. Default: stats."),
