@@ -113,6 +113,10 @@ def _plot_sweep(steps: list[dict[str, Any]], target: Path, title: str) -> Path |
     return write_plot(steps, target, title)
 
 
+def _interval(ci: dict[str, Any]) -> str:
+    return f"{_ratio(ci['low'])} – {_ratio(ci['high'])} ({ci['coverage'] * 100:.0f}% coverage, {ci['n']} rounds)"
+
+
 def render_service(path: Path, data: dict[str, Any], img: Path) -> str:
     c = data["comparison"]
     model = data.get("model") or {}
@@ -134,6 +138,11 @@ def render_service(path: Path, data: dict[str, Any], img: Path) -> str:
             _ok(c, "throughput_ratio"),
         ],
         ["how that ratio was measured", c.get("throughput_source"), ""],
+        *(
+            [["interval for that median", _interval(c["throughput_ratio_ci"]), "distribution-free, order statistics"]]
+            if c.get("throughput_ratio_ci")
+            else []
+        ),
         ["raw backend best images/s (any batch size)", c.get("raw_best_images_per_s"), ""],
         ["HTTP p50 latency at concurrency 1 (ms)", c.get("http_p50_ms_c1"), c.get("p50_source", "")],
         ["HTTP p50 at concurrency 1 in the sweep (ms)", c.get("sweep_c1_p50_ms"), ""],

@@ -448,7 +448,7 @@ def run_service_bench(
     raw_runs: int = 5,
     paired_rounds: int = 5,
     paired_per_round: int = 10,
-    throughput_rounds: int = 8,
+    throughput_rounds: int = 16,
     throughput_duration_s: float = 3.0,
     outputs: str = "stats",
     client: str = "auto",

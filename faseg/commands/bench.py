@@ -174,7 +174,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     service.add_argument("--paired-rounds", type=int, default=5, help="rounds of the paired c=1 latency (5)")
     service.add_argument("--paired-per-round", type=int, default=10, help="HTTP requests and raw runs per round (10)")
     service.add_argument(
-        "--throughput-rounds", type=int, default=8, help="rounds of HTTP at the best concurrency vs raw (8)"
+        "--throughput-rounds", type=int, default=16, help="rounds of HTTP at the best concurrency vs raw (16)"
     )
     service.add_argument(
         "--throughput-seconds", type=float, default=3.0, metavar="S", help="seconds of HTTP, then of raw, per round (3)"
