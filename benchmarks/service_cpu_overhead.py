@@ -9,7 +9,10 @@ load, with the server's CPU seconds read from /proc before and after (CPU time m
 the machine than throughput does), minus the model's own CPU per image timed in-process.
 
     .venv/bin/python benchmarks/service_cpu_overhead.py                 # records benchmarks/results/
-    .venv/bin/python benchmarks/service_cpu_overhead.py --no-record --label "before the change"
+    .venv/bin/python benchmarks/service_cpu_overhead.py --label "before the change" --out ab.json --append
+
+With ``--append`` a run is added to the file's ``variants`` (alternate code versions into one file to compare
+them: the service code under test is whatever the working tree holds; ``label`` says which).
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="server runs; the median counts (3)")
     parser.add_argument("--label", default="", help="a note stored with the result")
     parser.add_argument("--no-record", action="store_true", help="do not write benchmarks/results/")
+    parser.add_argument("--append", action="store_true", help="add this run to the variants already in --out")
     parser.add_argument("--out", type=Path, help="record here (default: results/DATE_service_cpu_overhead.json)")
     args = parser.parse_args(argv)
 
@@ -119,23 +123,34 @@ def main(argv: list[str] | None = None) -> int:
         run["model_cpu_ms_per_image"] = round(interpolate(model_cpu, run["mean_batch_size"]), 3)
         run["service_cpu_ms_per_request"] = round(run["server_cpu_ms_per_request"] - run["model_cpu_ms_per_image"], 3)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    result = {
-        "benchmark": "service_cpu_overhead",
-        "environment": environment(),
-        "commit": commit.stdout.strip() or None,
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "service", "faseg"], cwd=ROOT, capture_output=True, text=True
+    )
+    variant = {
         "label": args.label,
-        "command": "python benchmarks/service_cpu_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "model": f"per-pixel colour classifier, input {SIZE[0]}x{SIZE[1]}, ONNX Runtime CPU",
-        "settings": {"concurrency": args.concurrency, "seconds": args.seconds, "runs": args.runs},
+        "commit": commit.stdout.strip() or None,
+        "service_code_modified": bool(changed.stdout.strip()),  # the working tree differs from that commit
+        "environment": environment(),
         "model_cpu_ms_per_image_by_batch": model_cpu,
         "runs": runs,
         "median": {key: statistics.median(run[key] for run in runs) for key in runs[0]},
     }
-    print(json.dumps(result["median"], indent=1))
-    if not args.no_record:
-        out = args.out or RESULTS / f"{result['environment']['date']}_service_cpu_overhead.json"
-        out.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"recorded {out}", file=sys.stderr)
+    print(json.dumps(variant["median"], indent=1))
+    if args.no_record:
+        return 0
+    out = args.out or RESULTS / f"{variant['environment']['date']}_service_cpu_overhead.json"
+    result = json.loads(out.read_text()) if args.append and out.is_file() else None
+    if result is None:
+        result = {
+            "benchmark": "service_cpu_overhead",
+            "command": "python benchmarks/service_cpu_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "model": f"per-pixel colour classifier, input {SIZE[0]}x{SIZE[1]}, ONNX Runtime CPU",
+            "settings": {"concurrency": args.concurrency, "seconds": args.seconds, "runs": args.runs},
+            "variants": [],
+        }
+    result["variants"].append(variant)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"recorded {out}", file=sys.stderr)
     return 0
 
 
