@@ -5,7 +5,8 @@
 
 Understood result kinds (the ``benchmark`` field): ``bench_service`` (faseg bench service), ``bench_model``
 (faseg bench model), ``hf_compare`` (benchmarks/hf_compare.py), ``client_overhead``
-(benchmarks/client_overhead.py), ``ort_spinning`` (benchmarks/ort_spinning.py), ``bench_export``
+(benchmarks/client_overhead.py), ``ort_spinning`` (benchmarks/ort_spinning.py), ``service_cpu_overhead``
+(benchmarks/service_cpu_overhead.py), ``bench_export``
 (benchmarks/bench_export.py), ``verify_matrix`` (benchmarks/verify_matrix.py), and ``faseg loadtest``
 reports (``report.json``, schema ``faseg.loadtest/1``).
 Other files are listed by name only. Plots need matplotlib; without it the tables are written alone.
@@ -291,6 +292,28 @@ def render_client(path: Path, data: dict[str, Any], img: Path) -> str:
     return "\n".join(parts)
 
 
+def render_cpu_overhead(path: Path, data: dict[str, Any], img: Path) -> str:
+    parts = ["### The service's CPU per request (model cost subtracted)", _source(path, data)]
+    parts.append(f"\nModel: {data.get('model')}; settings {data.get('settings')}.")
+    rows = [
+        [
+            v.get("label") or "–",
+            v.get("commit"),
+            v["median"]["service_cpu_ms_per_request"],
+            v["median"]["server_cpu_ms_per_request"],
+            v["median"]["model_cpu_ms_per_image"],
+            v["median"]["client_cpu_ms_per_request"],
+            v["median"]["requests_per_s"],
+        ]
+        for v in data["variants"]
+    ]
+    header = ["code", "HEAD", "service CPU ms / request", "server", "model", "client", "requests/s"]
+    parts.append("\n" + _table(header, rows) + "\n\nMedians of each variant's runs, in the order they ran.")
+    if data.get("conclusion"):
+        parts.append(f"\n{data['conclusion']}")
+    return "\n".join(parts)
+
+
 def render_export(path: Path, data: dict[str, Any], img: Path) -> str:
     parts = [f"### {data.get('preset', '?')} {data.get('input_size')} batch {data.get('batch')}", _source(path, data)]
     latency = data.get("latency", {})
@@ -374,6 +397,7 @@ SECTIONS: list[tuple[str, str, Callable[[Path, dict[str, Any], Path], str]]] = [
     ("loadtest", "Load tests (faseg loadtest)", render_loadtest),
     ("client_overhead", "Load-generator client overhead", render_client),
     ("ort_spinning", "Service fix: no ONNX Runtime spin-waiting on CPU", render_spinning),
+    ("service_cpu_overhead", "Service CPU per request", render_cpu_overhead),
     ("bench_export", "Export: torch vs ONNX Runtime", render_export),
     ("verify_matrix", "Export parity: faseg verify matrix", render_verify),
 ]

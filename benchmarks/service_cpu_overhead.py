@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if result is None:
         result = {
             "benchmark": "service_cpu_overhead",
+            "environment": variant["environment"],  # of the first variant
             "command": "python benchmarks/service_cpu_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "model": f"per-pixel colour classifier, input {SIZE[0]}x{SIZE[1]}, ONNX Runtime CPU",
             "settings": {"concurrency": args.concurrency, "seconds": args.seconds, "runs": args.runs},
