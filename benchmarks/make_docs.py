@@ -43,6 +43,7 @@ faseg bench model --checkpoint DIR --batch 1,2,4,8 --backends torch,onnxruntime 
 faseg loadtest --url http://127.0.0.1:8000 --concurrency 1,2,4,8,16 --out runs/sweep   # any running server
 faseg loadtest --url http://127.0.0.1:8000 --rate 2,4,8 --out runs/open                # open loop (Poisson)
 python benchmarks/hf_compare.py                   # our fastest CPU path vs Hugging Face Mask2Former
+python benchmarks/service_cpu_overhead.py         # the service's own CPU per request (model cost subtracted)
 python benchmarks/make_docs.py                    # regenerate this page
 locust -f benchmarks/locustfile.py --host http://127.0.0.1:8000   # interactive (pip install locust)
 ```
@@ -298,7 +299,7 @@ def render_cpu_overhead(path: Path, data: dict[str, Any], img: Path) -> str:
     rows = [
         [
             v.get("label") or "–",
-            v.get("commit"),
+            f"{v.get('commit')}{' + changes' if v.get('service_code_modified') else ''}",
             v["median"]["service_cpu_ms_per_request"],
             v["median"]["server_cpu_ms_per_request"],
             v["median"]["model_cpu_ms_per_image"],
@@ -307,7 +308,7 @@ def render_cpu_overhead(path: Path, data: dict[str, Any], img: Path) -> str:
         ]
         for v in data["variants"]
     ]
-    header = ["code", "HEAD", "service CPU ms / request", "server", "model", "client", "requests/s"]
+    header = ["code", "commit (+ working tree)", "service CPU ms / request", "server", "model", "client", "requests/s"]
     parts.append("\n" + _table(header, rows) + "\n\nMedians of each variant's runs, in the order they ran.")
     if data.get("conclusion"):
         parts.append(f"\n{data['conclusion']}")
