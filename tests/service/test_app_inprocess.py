@@ -91,3 +91,33 @@ def test_unloadable_model_fails_startup(tmp_path: Path) -> None:
     result = _run_module("--model", str(model), "--port", str(free_port()))
     assert result.returncode == 1
     assert "cannot read ONNX model" in result.stderr + result.stdout
+
+
+def test_route_dependencies_run_on_the_event_loop() -> None:
+    """FastAPI runs a plain-``def`` dependency in its worker-thread pool: a thread hop per request that cost the
+    segment routes about 1.8 ms of CPU each (benchmarks/results/2026-11-21_service_cpu_overhead.json)."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    def calls(dependant):  # type: ignore[no-untyped-def]
+        for dep in dependant.dependencies:
+            yield dep.call
+            yield from calls(dep)
+
+    def api_routes(routes):  # type: ignore[no-untyped-def]
+        for route in routes:
+            if isinstance(route, APIRoute):
+                yield route
+            elif hasattr(route, "original_router"):  # an included router (FastAPI ≥ 0.16x wraps them)
+                yield from api_routes(route.original_router.routes)
+
+    routes = list(api_routes(create_app(Settings()).routes))
+    assert any(r.path.endswith("/segment") for r in routes)
+    sync = sorted(
+        f"{route.path}: {call.__name__}"
+        for route in routes
+        for call in calls(route.dependant)
+        if not inspect.iscoroutinefunction(call)
+    )
+    assert not sync

@@ -162,3 +162,21 @@ def test_mutated_files_only_raise_documented_errors(fmt: str) -> None:
             assert exc.status < 500
         else:
             assert decoded.image.mode == "RGB"
+
+
+def test_class_stats_match_a_per_class_reference() -> None:
+    """Counts and boxes against np.nonzero per class, on blocky maps (a few runs per row) and on noise
+    (a run per pixel), where the run-based extents have the most runs to merge."""
+    rng = np.random.default_rng(3)
+    blocky = np.zeros((37, 53), np.uint8)
+    for _ in range(12):
+        y, x = rng.integers(0, 37), rng.integers(0, 53)
+        blocky[y : y + rng.integers(1, 15), x : x + rng.integers(1, 20)] = rng.integers(0, 9)
+    noise = rng.integers(0, 9, (23, 31)).astype(np.uint8)
+    for labels in (blocky, noise, np.full((5, 7), 4, np.uint8)):
+        stats = class_stats(labels, [str(i) for i in range(9)])
+        assert [s["id"] for s in stats] == sorted(np.unique(labels).tolist())
+        for s in stats:
+            ys, xs = np.nonzero(labels == s["id"])
+            assert s["pixels"] == ys.size
+            assert s["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
