@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -59,18 +60,16 @@ def tiny_model(path: Path) -> Path:
         META_INPUT_SIZE: json.dumps(list(SIZE)),
     }
     for key, value in metadata.items():
-        prop = proto.metadata_props.add()
-        prop.key, prop.value = key, value
+        proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
     return path
 
 
-def measure(model: Path, concurrency: int, seconds: float, logs: Path) -> dict[str, float]:
+def measure(model: Path, payloads: list[Any], concurrency: int, seconds: float, logs: Path) -> dict[str, float]:
     from faseg.bench.service_bench import ServerProcess
-    from faseg.loadtest import LoadTestConfig, synthetic
+    from faseg.loadtest import LoadTestConfig
     from faseg.loadtest import run as run_loadtest
 
-    payloads = synthetic(16, (640, 480))
     with ServerProcess(model, [], logs / "server.log") as server:
         config = LoadTestConfig(
             url=server.url,
@@ -103,18 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="record here (default: results/DATE_service_cpu_overhead.json)")
     args = parser.parse_args(argv)
 
+    from faseg.bench.service_bench import RawBackend, interpolate
+    from faseg.loadtest import synthetic
     from faseg.loadtest.report import environment
 
+    payloads = synthetic(16, (640, 480))
     work = Path(tempfile.mkdtemp(prefix="service_cpu_overhead_"))
     model = tiny_model(work / "tiny.onnx")
     runs = []
     for index in range(args.runs):
-        runs.append(measure(model, args.concurrency, args.seconds, work))
+        runs.append(measure(model, payloads, args.concurrency, args.seconds, work))
         print(f"run {index + 1}/{args.runs}: {json.dumps(runs[-1])}", file=sys.stderr)
-    from faseg.bench.service_bench import RawBackend, interpolate
-    from faseg.loadtest import synthetic
-
-    raw = RawBackend(model, synthetic(16, (640, 480)), max_batch_size=2 * args.concurrency, server_args=[])
+    raw = RawBackend(model, payloads, max_batch_size=2 * args.concurrency, server_args=[])
     try:
         model_cpu = {b: row["cpu_ms_per_image"] for b, row in raw.time_batches(20).items()}
     finally:
