@@ -1,6 +1,6 @@
 """ONNX Runtime intra-op spinning on and off, for the service and for the raw backend, side by side.
 
-The service disables the spin-wait of ONNX Runtime's intra-op threads on CPU (service/backends/onnxruntime.py):
+The service disables the spin-wait of ONNX Runtime's intra-op threads on CPU (export/session.py):
 between model runs the same cores decode, post-process and serve HTTP, and spinning threads take their
 CPU. This script is the evidence: the same server and load, alternating a server whose sessions spin
 (``allow_spinning=1``, ONNX Runtime's default) with one whose sessions do not, plus the raw backend both
@@ -43,24 +43,23 @@ def serve(spin: str, args: list[str]) -> int:
 
 
 def raw_ab(model: Path, runs: int) -> dict[str, float]:
+    """The raw runtime (the service's ``OrtSession``) with spinning on and off, interleaved."""
     import numpy as np
-    import onnxruntime as ort
-    from faseg.service.backends.base import INPUT_NAME
+    from faseg.export.session import OrtSession, SessionConfig
 
-    sessions = {}
-    for spin in ("1", "0"):
-        options = ort.SessionOptions()
-        options.add_session_config_entry(SPIN_KEY, spin)
-        sessions[spin] = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    shape = sessions["1"].get_inputs()[0].shape
-    images = np.random.default_rng(0).integers(0, 256, (1, shape[1], shape[2], 3), dtype=np.uint8)
+    sessions = {
+        spin: OrtSession(model, SessionConfig(device="cpu", intra_op_threads=0, allow_spinning=spin == "1"))
+        for spin in ("1", "0")
+    }
+    h, w = sessions["1"].input_size or (512, 512)
+    images = np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8)
     times: dict[str, list[float]] = {spin: [] for spin in sessions}
     for session in sessions.values():
-        session.run(None, {INPUT_NAME: images})
+        session.run(images)
     for _ in range(runs):
         for spin, session in sessions.items():
             started = time.perf_counter()
-            session.run(None, {INPUT_NAME: images})
+            session.run(images)
             times[spin].append(time.perf_counter() - started)
     return {f"spin_{spin}_batch1_median_ms": round(statistics.median(t) * 1e3, 2) for spin, t in times.items()}
 

@@ -13,9 +13,10 @@ runs the same nodes with ``libfaseg_ort_ops.so``, built by ``export/plugins/buil
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
+
+from .native_library import BUILD_DIR, NativeLibrary
 
 DOMAIN = "faseg"
 DOMAIN_VERSION = 1
@@ -37,10 +38,14 @@ LIBRARY_ENV = "FASEG_ORT_OPS_LIB"
 LIBRARY_NAME = "libfaseg_ort_ops.so"
 BUILD_COMMAND = "export/plugins/build.sh"
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = _PACKAGE_DIR.parent
-REPO_LIBRARY = REPO_ROOT / "build" / "ort_ops" / LIBRARY_NAME
-PACKAGED_LIBRARY = _PACKAGE_DIR / LIBRARY_NAME
+#: ``$FASEG_ORT_OPS_LIB``, else ``<repo>/build/ort_ops/``, else next to this module (installed packages).
+LIBRARY = NativeLibrary(
+    name=LIBRARY_NAME,
+    env=LIBRARY_ENV,
+    defaults=(BUILD_DIR / "ort_ops" / LIBRARY_NAME, Path(__file__).resolve().parent / LIBRARY_NAME),
+    build_command=BUILD_COMMAND,
+    needs="needs cmake, a C++17 compiler and apt access to Debian's archive for the ORT headers",
+)
 
 
 class CustomOpsLibraryNotFoundError(FileNotFoundError):
@@ -48,24 +53,13 @@ class CustomOpsLibraryNotFoundError(FileNotFoundError):
 
 
 def library_search_paths() -> list[Path]:
-    """Where :func:`ort_custom_ops_library` looks, in order.
-
-    ``$FASEG_ORT_OPS_LIB`` when set (then it is the only candidate, so a wrong path is never silently
-    replaced by another build), else ``<repo>/build/ort_ops/libfaseg_ort_ops.so``, else the library next
-    to this module (installed packages).
-    """
-    override = os.environ.get(LIBRARY_ENV)
-    if override:
-        return [Path(override).expanduser()]
-    return [REPO_LIBRARY, PACKAGED_LIBRARY]
+    """Where :func:`ort_custom_ops_library` looks, in order (:class:`~faseg.export.native_library.NativeLibrary`)."""
+    return LIBRARY.search_paths()
 
 
 def ort_custom_ops_library() -> Path | None:
     """Path of the built ONNX Runtime custom-op library, or None when it is not built."""
-    for path in library_search_paths():
-        if path.is_file():
-            return path.resolve()
-    return None
+    return LIBRARY.find()
 
 
 def register_custom_ops(session_options: Any) -> None:
@@ -82,22 +76,14 @@ def register_custom_ops(session_options: Any) -> None:
 
 
 def missing_library_message() -> str:
-    paths = library_search_paths()
-    if os.environ.get(LIBRARY_ENV):
-        where = f"${LIBRARY_ENV} points to {paths[0]}, which does not exist"
-    else:
-        where = "expected at " + " or ".join(str(p) for p in paths)
-    return (
-        f"FASeg ONNX Runtime custom-op library {LIBRARY_NAME} not found ({where}). "
-        f"Build it with `{BUILD_COMMAND}` from the repository root (needs cmake, a C++17 compiler and "
-        f"apt access to Debian's archive for the ORT headers), or set {LIBRARY_ENV} to the built library."
-    )
+    return f"FASeg ONNX Runtime custom-op library {LIBRARY.missing_message()}"
 
 
 __all__ = [
     "BUILD_COMMAND",
     "DOMAIN",
     "DOMAIN_VERSION",
+    "LIBRARY",
     "LIBRARY_ENV",
     "LIBRARY_NAME",
     "MS_DEFORM_ATTN_OP",

@@ -32,7 +32,19 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from faseg.export import custom_ops
+from faseg.export import contract, custom_ops
+from faseg.export.contract import (
+    BATCH_DIM,
+    FLAVOURS,
+    INPUT_LAYOUT,
+    INPUT_NAME,
+    PRECISIONS,
+    PRED_LOGITS,
+    PRED_MASKS,
+    ContractError,
+)
+from faseg.export.contract import CONFIDENCE_NAME as CONFIDENCE
+from faseg.export.contract import LABELS_NAME as LABELS
 from faseg.export.metadata import (
     FORMAT_VERSION,
     META_CLASSES,
@@ -48,11 +60,6 @@ from faseg.export.metadata import (
 )
 from torch import Tensor, nn
 
-INPUT_NAME = "images"
-LABELS = "labels"
-CONFIDENCE = "confidence"
-PRED_LOGITS = "pred_logits"
-PRED_MASKS = "pred_masks"
 #: ``--outputs`` choices -> graph output names, in graph order.
 OUTPUT_GROUPS: dict[str, tuple[str, ...]] = {
     LABELS: (LABELS,),
@@ -60,18 +67,12 @@ OUTPUT_GROUPS: dict[str, tuple[str, ...]] = {
     "logits": (PRED_LOGITS, PRED_MASKS),
 }
 DEFAULT_OUTPUTS = (LABELS, CONFIDENCE)
-BATCH_DIM = "N"
-SIZE_MULTIPLE = 32
 
-FLAVOURS = ("portable", "plugin")
-PRECISIONS = ("fp32", "fp16")
 #: Opset 17: GridSample-16 still spells its mode "bilinear" (opset 20 renamed it "linear", which TensorRT's
 #: parser mis-reads as nearest, NVIDIA/TensorRT#4646), LayerNormalization-17 exists, and ORT 1.31 and
 #: TensorRT 8.6–11 all parse it. The TorchScript exporter writes IR version 8 for it.
 DEFAULT_OPSET = 17
 MAX_IR_VERSION = 10  # ORT 1.31 accepts ≤ 13 but TensorRT's parser and older runtimes want ≤ 10
-
-INPUT_LAYOUT = "NHWC uint8 RGB 0-255"
 
 
 class ExportError(ValueError):
@@ -99,14 +100,11 @@ def parse_outputs(text: str | list[str] | tuple[str, ...] | None) -> tuple[str, 
 
 
 def check_size(size: tuple[int, int]) -> tuple[int, int]:
-    h, w = (int(v) for v in size)
-    if h <= 0 or w <= 0 or h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
-        raise ExportError(
-            f"input size {h}x{w} is not a multiple of {SIZE_MULTIPLE}; export one file per bucket with H and W "
-            f"multiples of {SIZE_MULTIPLE} (e.g. {max(SIZE_MULTIPLE, round(h / 32) * 32)}x"
-            f"{max(SIZE_MULTIPLE, round(w / 32) * 32)}) and letterbox images into it"
-        )
-    return h, w
+    """:func:`faseg.export.contract.check_size`, failing with :class:`ExportError`."""
+    try:
+        return contract.check_size(size)
+    except ContractError as exc:
+        raise ExportError(str(exc)) from None
 
 
 @dataclass(frozen=True)

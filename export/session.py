@@ -1,10 +1,14 @@
-"""ONNX Runtime session for files written by ``faseg export onnx`` (used by ``faseg verify`` and the service).
+"""The ONNX Runtime session for files written by ``faseg export onnx``: the one that ``faseg verify``, the
+benchmarks and the service's onnxruntime backend all run.
 
 - **Providers**: TensorRT EP → CUDA EP → CPU, keeping those this onnxruntime build offers
   (:func:`choose_providers`). ``device="cpu"`` forces CPU; ``device="cuda"`` fails when neither GPU provider
-  is installed; ``device="auto"`` takes whatever is there.
+  is installed; ``device="auto"`` takes whatever is there. The TensorRT EP caches engines and timing in
+  ``trt_cache_dir``.
 - **Threads / optimisation**: ``intra_op_threads`` (0 = ORT's default, one per physical core),
-  ``inter_op_threads``, sequential execution, and the graph optimisation level (``all`` by default).
+  ``inter_op_threads``, sequential execution, the graph optimisation level (``all`` by default), and
+  ``allow_spinning``: ORT's intra-op threads spin-wait after every run by default, which starves the other
+  threads of a server sharing the cores (the service turns it off on CPU, benchmarks/ort_spinning.py).
 - **Custom ops**: a file whose ``faseg.flavour`` metadata is ``plugin`` gets ``libfaseg_ort_ops.so``
   registered before the session is created (:func:`faseg.export.custom_ops.register_custom_ops`); a missing
   library is a :class:`~faseg.export.custom_ops.CustomOpsLibraryNotFoundError` naming the build command.
@@ -12,12 +16,16 @@
   (host → device copy by ORT) and lets the outputs be allocated on the device, then copies them back; on CPU
   it calls ``session.run`` directly. (The GPU paths are written against onnxruntime-gpu's public API and are
   not exercised on the CPU-only development machines.)
+- **Out of memory**: allocation failures of the BFC arena and the GPU providers become
+  :class:`~faseg.export.contract.OutOfDeviceMemory`.
+- **Threads**: ``InferenceSession.run`` may be called from several threads at once (ONNX Runtime documents
+  it), so one :class:`OrtSession` serves several concurrent batches.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +33,17 @@ from typing import Any
 
 import numpy as np
 
-from .metadata import META_FLAVOUR, META_INPUT_SIZE, META_PRECISION
+from .contract import (
+    PLUGIN_FLAVOUR,
+    PORTABLE_FLAVOUR,
+    ContractError,
+    OutOfDeviceMemory,
+    TensorInfo,
+    check_serving_io,
+    metadata_input_size,
+)
+from .custom_ops import register_custom_ops
+from .metadata import META_FLAVOUR, META_PRECISION
 
 TENSORRT_EP = "TensorrtExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
@@ -33,8 +51,11 @@ CPU_EP = "CPUExecutionProvider"
 GPU_PROVIDERS = (TENSORRT_EP, CUDA_EP)
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
-
-PLUGIN_FLAVOUR = "plugin"
+ALLOW_SPINNING_KEY = "session.intra_op.allow_spinning"
+DEFAULT_TRT_CACHE_DIR = Path.home() / ".cache" / "faseg" / "ort-trt-engines"
+# ONNX Runtime reports allocation failures as generic RuntimeExceptions; these are the messages of its
+# BFC arena and of the CUDA / TensorRT providers.
+_OOM_MESSAGE = re.compile(r"out of memory|failed to allocate memory|cudaErrorMemoryAllocation", re.IGNORECASE)
 
 
 class SessionError(RuntimeError):
@@ -47,6 +68,8 @@ class SessionConfig:
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     graph_optimization: str = "all"
+    #: False: intra-op threads sleep between runs instead of spin-waiting (for servers sharing the cores).
+    allow_spinning: bool = True
     #: TensorRT EP engine / timing cache folder (None: ~/.cache/faseg/ort-trt-engines).
     trt_cache_dir: Path | None = None
     #: ORT profiling: a JSON trace per session is written with this file prefix (None: off).
@@ -66,7 +89,7 @@ class SessionConfig:
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """``metadata_props`` of an ONNX file (weights are parsed too, but no session is created)."""
+    """``metadata_props`` of an ONNX file, read without creating a session (external data not loaded)."""
     import onnx
 
     try:
@@ -86,7 +109,7 @@ def choose_providers(
         return [CPU_EP]
     providers: list[str | tuple[str, dict[str, Any]]] = []
     if TENSORRT_EP in available:
-        cache = Path(trt_cache_dir or Path.home() / ".cache" / "faseg" / "ort-trt-engines")
+        cache = Path(trt_cache_dir or DEFAULT_TRT_CACHE_DIR)
         providers.append(
             (
                 TENSORRT_EP,
@@ -121,16 +144,23 @@ def session_options(config: SessionConfig, *, plugin: bool) -> Any:
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[config.graph_optimization]
+    if not config.allow_spinning:
+        options.add_session_config_entry(ALLOW_SPINNING_KEY, "0")
     if config.profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = config.profile_prefix
     for key, value in config.extra_options.items():
         options.add_session_config_entry(key, value)
     if plugin:
-        from faseg.export.custom_ops import register_custom_ops  # only plugin-flavour files need it
-
         register_custom_ops(options)
     return options
+
+
+def _tensor_info(value: Any) -> TensorInfo:
+    """An ORT NodeArg (type 'tensor(uint8)', shape with str / None for dynamic dims) as a TensorInfo."""
+    dtype = value.type.removeprefix("tensor(").removesuffix(")")
+    dtype = {"float": "float32", "double": "float64", "float16": "float16"}.get(dtype, dtype)
+    return TensorInfo(dtype=dtype, shape=tuple(d if isinstance(d, int) else None for d in value.shape))
 
 
 class OrtSession:
@@ -144,7 +174,7 @@ class OrtSession:
         if not self.path.is_file():
             raise SessionError(f"ONNX model {str(self.path)!r} does not exist")
         self.metadata = read_metadata(self.path)
-        self.flavour = self.metadata.get(META_FLAVOUR, "portable")
+        self.flavour = self.metadata.get(META_FLAVOUR, PORTABLE_FLAVOUR)
         self.precision = self.metadata.get(META_PRECISION, "fp32")
         options = session_options(self.config, plugin=self.flavour == PLUGIN_FLAVOUR)
         providers = choose_providers(
@@ -153,6 +183,9 @@ class OrtSession:
             precision=self.precision,
             trt_cache_dir=self.config.trt_cache_dir,
         )
+        for provider in providers:
+            if isinstance(provider, tuple) and provider[0] == TENSORRT_EP:
+                Path(provider[1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own pybind exception types
@@ -174,23 +207,37 @@ class OrtSession:
         shape = self.session.get_inputs()[0].shape
         if len(shape) == 4 and isinstance(shape[1], int) and isinstance(shape[2], int):
             return shape[1], shape[2]
-        if META_INPUT_SIZE in self.metadata:
-            h, w = json.loads(self.metadata[META_INPUT_SIZE])
-            return int(h), int(w)
-        return None
+        return metadata_input_size(self.metadata, self.path.name)
+
+    def check_serving_io(self) -> tuple[int, int] | None:
+        """Check the graph against the serving contract (:func:`~faseg.export.contract.check_serving_io`);
+        its fixed (H, W), or None when the graph leaves them dynamic."""
+        inputs = {i.name: _tensor_info(i) for i in self.session.get_inputs()}
+        outputs = {o.name: _tensor_info(o) for o in self.session.get_outputs()}
+        try:
+            return check_serving_io(inputs, outputs)
+        except ContractError as exc:
+            raise SessionError(f"{str(self.path)!r}: {exc}") from exc
 
     def run(self, images: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """images uint8 (N, H, W, 3) -> {output name: array} (all outputs unless ``outputs`` names some)."""
+        """images uint8 (N, H, W, 3) -> {output name: array} (all outputs unless ``outputs`` names some).
+
+        Raises :class:`~faseg.export.contract.OutOfDeviceMemory` when the batch does not fit."""
         names = list(outputs) if outputs is not None else self.output_names
         images = np.ascontiguousarray(images)
-        if not self.on_gpu:
-            return dict(zip(names, self.session.run(names, {self.input_name: images})))
-        binding = self.session.io_binding()
-        binding.bind_cpu_input(self.input_name, images)
-        for name in names:
-            binding.bind_output(name, "cuda")
-        self.session.run_with_iobinding(binding)
-        return dict(zip(names, binding.copy_outputs_to_cpu()))
+        try:
+            if not self.on_gpu:
+                return dict(zip(names, self.session.run(names, {self.input_name: images})))
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.input_name, images)
+            for name in names:
+                binding.bind_output(name, "cuda")
+            self.session.run_with_iobinding(binding)
+            return dict(zip(names, binding.copy_outputs_to_cpu()))
+        except Exception as exc:  # onnxruntime's pybind exception types
+            if _OOM_MESSAGE.search(str(exc)):
+                raise OutOfDeviceMemory(str(exc)) from exc
+            raise
 
     def end_profiling(self) -> str | None:
         """Stop profiling and return the trace file (None when profiling is off)."""

@@ -23,7 +23,6 @@ loads it (:func:`load_plugin_library`); loading it with ``ctypes.CDLL`` alone re
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -32,13 +31,20 @@ from typing import Any
 
 import numpy as np
 
+from .contract import ContractError, OutOfDeviceMemory, TensorInfo, check_serving_io
+from .native_library import BUILD_DIR, NativeLibrary
+from .session import SessionError, read_metadata
+
 PLUGIN_LIBRARY_ENV = "FASEG_TRT_PLUGINS_LIB"
 PLUGIN_LIBRARY_NAME = "libfaseg_trt_plugins.so"
 BUILD_COMMAND = "export/plugins/build_cuda.sh"
-
-_PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = _PACKAGE_DIR.parent
-REPO_PLUGIN_LIBRARY = REPO_ROOT / "build" / "cuda" / "tensorrt" / PLUGIN_LIBRARY_NAME
+PLUGIN_LIBRARY = NativeLibrary(
+    name=PLUGIN_LIBRARY_NAME,
+    env=PLUGIN_LIBRARY_ENV,
+    defaults=(BUILD_DIR / "cuda" / "tensorrt" / PLUGIN_LIBRARY_NAME,),
+    build_command=BUILD_COMMAND,
+    needs="on a machine with nvcc",
+)
 
 
 class TensorRTUnavailableError(RuntimeError):
@@ -76,10 +82,7 @@ def unavailable_reason() -> str | None:
 
 def plugin_library_path() -> Path | None:
     """``$FASEG_TRT_PLUGINS_LIB`` when set (even if missing: the caller reports it), else the repo build."""
-    override = os.environ.get(PLUGIN_LIBRARY_ENV)
-    if override:
-        return Path(override).expanduser()
-    return REPO_PLUGIN_LIBRARY if REPO_PLUGIN_LIBRARY.is_file() else None
+    return PLUGIN_LIBRARY.override() or PLUGIN_LIBRARY.find()
 
 
 _plugin_lock = threading.Lock()
@@ -107,10 +110,7 @@ def load_plugin_library(path: str | Path | None = None) -> Path:
     if path is None:
         path = plugin_library_path()
         if path is None:
-            raise TensorRTUnavailableError(
-                f"{PLUGIN_LIBRARY_NAME} not found (set {PLUGIN_LIBRARY_ENV} or build it with `{BUILD_COMMAND}` "
-                "on a machine with nvcc)"
-            )
+            raise TensorRTUnavailableError(PLUGIN_LIBRARY.missing_message())
     resolved = Path(path).expanduser().resolve()
     if not resolved.is_file():
         raise TensorRTUnavailableError(f"TensorRT plugin library {resolved} does not exist")
@@ -165,17 +165,28 @@ class IOBuffers:
     host: dict[str, Any]
 
 
-def read_sidecar(engine_path: Path) -> dict[str, str]:
-    """The ``<engine stem>.json`` metadata written by ``faseg export trt`` (empty if absent)."""
+def read_engine_metadata(engine_path: Path) -> dict[str, str]:
+    """The ``faseg.*`` metadata of an engine: the ``<engine stem>.json`` sidecar written by ``faseg export trt``,
+    else the metadata of the ``<engine stem>.onnx`` it was built from, else empty."""
     sidecar = Path(engine_path).with_suffix(".json")
-    if not sidecar.is_file():
-        return {}
-    raw = json.loads(sidecar.read_text())
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+    if sidecar.is_file():
+        try:
+            raw = json.loads(sidecar.read_text())
+        except ValueError as exc:
+            raise TensorRTRuntimeError(f"{str(sidecar)!r} is not JSON: {exc}") from exc
+        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+    onnx_file = Path(engine_path).with_suffix(".onnx")
+    if onnx_file.is_file():
+        try:
+            return read_metadata(onnx_file)
+        except SessionError as exc:
+            raise TensorRTRuntimeError(str(exc)) from exc
+    return {}
 
 
 class TensorRTEngine:
-    """A deserialized engine with one execution context (use from one thread at a time)."""
+    """A deserialized engine with one execution context and one CUDA stream: use it from one thread at a time
+    (the service's ``Settings`` refuse ``--instances`` > 1 with TensorRT)."""
 
     def __init__(self, engine: Any, *, metadata: Mapping[str, str] | None = None, device: int = 0):
         import torch
@@ -186,6 +197,8 @@ class TensorRTEngine:
         self.device = torch.device("cuda", device)
         self.metadata = dict(metadata or {})
         self._runtime: Any = None  # set by load(): the runtime must outlive the engine
+        self._buffers: IOBuffers | None = None  # infer()'s own buffers, grown to the largest batch seen
+        self.stream = torch.cuda.Stream(self.device)
         self.context = engine.create_execution_context()
         if self.context is None:
             raise TensorRTRuntimeError("TensorRT could not create an execution context (out of device memory?)")
@@ -241,7 +254,7 @@ class TensorRTEngine:
                 f"TensorRT could not deserialize {path} (built by another TensorRT version or for another GPU, "
                 f"or a plugin library is missing: {PLUGIN_LIBRARY_ENV})"
             )
-        instance = cls(engine, metadata=read_sidecar(path), device=device)
+        instance = cls(engine, metadata=read_engine_metadata(path), device=device)
         instance._runtime = runtime
         return instance
 
@@ -257,6 +270,18 @@ class TensorRTEngine:
     def max_batch_size(self) -> int:
         """Largest leading dim allowed by profile 0 of the first input."""
         return int(self.inputs[0].profile[2][0])
+
+    def check_serving_io(self) -> tuple[int, int] | None:
+        """Check the engine's I/O against the serving contract; its fixed (H, W), or None when dynamic."""
+
+        def info(spec: TensorSpec) -> TensorInfo:
+            dtype = str(spec.dtype).removeprefix("torch.")
+            return TensorInfo(dtype=dtype, shape=tuple(d if d >= 0 else None for d in spec.shape))
+
+        try:
+            return check_serving_io({s.name: info(s) for s in self.inputs}, {s.name: info(s) for s in self.outputs})
+        except ContractError as exc:
+            raise TensorRTRuntimeError(f"engine: {exc}") from exc
 
     def _input_shape(self, spec: TensorSpec, batch_size: int) -> tuple[int, ...]:
         _, _, hi = spec.profile
@@ -305,15 +330,30 @@ class TensorRTEngine:
             raise TensorRTRuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
 
     def infer(self, inputs: Mapping[str, Any], buffers: IOBuffers | None = None) -> dict[str, np.ndarray]:
-        """Copy numpy/CPU inputs through pinned buffers, run, and return the outputs as numpy arrays."""
+        """Copy numpy/CPU inputs through pinned buffers, run on the engine's stream, and return the outputs as
+        numpy arrays. Without ``buffers`` the engine's own are used (allocated once, grown when a batch needs
+        it). Raises :class:`~faseg.export.contract.OutOfDeviceMemory` when the batch does not fit."""
         torch = self._torch
-        first = next(iter(inputs.values()))
-        batch = int(first.shape[0])
-        if buffers is None or buffers.batch_size < batch:
-            buffers = self.allocate(max(batch, 1))
-        stream = torch.cuda.Stream(self.device)
+        batch = int(next(iter(inputs.values())).shape[0])
+        try:
+            if buffers is None:
+                if self._buffers is None or self._buffers.batch_size < batch:
+                    self._buffers = self.allocate(max(batch, 1))
+                buffers = self._buffers
+            elif buffers.batch_size < batch:
+                buffers = self.allocate(max(batch, 1))
+            results = self._enqueue(inputs, buffers, batch)
+            self.stream.synchronize()
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            raise OutOfDeviceMemory(str(exc)) from exc
+        return {name: host.numpy().copy() for name, host in results.items()}
+
+    def _enqueue(self, inputs: Mapping[str, Any], buffers: IOBuffers, batch: int) -> dict[str, Any]:
+        """Host → device copies, execution and device → host copies on ``self.stream``; the host tensors."""
+        torch = self._torch
         bound: dict[str, Any] = {}
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(self.stream):
             for spec in self.inputs:
                 value = inputs[spec.name]
                 value = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
@@ -327,17 +367,17 @@ class TensorRTEngine:
             for spec in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(spec.name))
                 bound[spec.name] = buffers.device[spec.name].view(-1)[: int(np.prod(shape))].view(shape)
-            self.execute_async(bound, stream)
+            self.execute_async(bound, self.stream)
             results = {}
             for spec in self.outputs:
                 out = bound[spec.name]
                 host = buffers.host[spec.name].view(-1)[: out.numel()].view(out.shape)
                 host.copy_(out, non_blocking=True)
                 results[spec.name] = host
-        stream.synchronize()
-        return {name: host.numpy().copy() for name, host in results.items()}
+        return results
 
     def close(self) -> None:
+        self._buffers = None
         self.context = None
         self.engine = None
 
@@ -353,7 +393,7 @@ __all__ = [
     "import_tensorrt",
     "load_plugin_library",
     "plugin_library_path",
-    "read_sidecar",
+    "read_engine_metadata",
     "trt_logger",
     "unavailable_reason",
 ]

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import INPUT_NAME
+
 
 class TensorRTUnavailable(RuntimeError):
     """TensorRT, a GPU or the plugin library is not available; the message is the reason."""
@@ -60,4 +62,4 @@ class TensorRTRunner:
         return build_engine(onnx_path, out, options).engine
 
     def __call__(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        return self.engine.infer({"images": np.ascontiguousarray(images)})
+        return self.engine.infer({INPUT_NAME: np.ascontiguousarray(images)})

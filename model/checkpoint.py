@@ -32,6 +32,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .faseg import FASeg, build_model
+from .inference import ServingHead
 
 FORMAT = "faseg-checkpoint"
 FORMAT_VERSION = 1
@@ -190,16 +191,16 @@ def from_pretrained(directory: str | os.PathLike[str], device: str | torch.devic
     return model.to(device).eval()
 
 
-def load_serving_module(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> nn.Module:
-    """A checkpoint as the serving graph: :class:`faseg.model.ServingHead` (uint8 NHWC images in, labels and
-    confidence out) in eval mode, with ``classes``, ``palette`` and ``input_size`` attributes for the service's
-    torch backend."""
-    from .inference import ServingHead
+@dataclass(frozen=True)
+class ServingModule:
+    """A checkpoint ready to serve: the module and what the server needs to know about it."""
 
+    module: nn.Module  # ServingHead: uint8 (N, H, W, 3) -> labels (N, H, W), confidence (N, H, W)
+    info: CheckpointInfo  # classes, palette, input_size (H, W)
+
+
+def load_serving_module(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> ServingModule:
+    """A checkpoint as the serving graph: :class:`faseg.model.ServingHead` (uint8 NHWC images in, labels and
+    confidence out) in eval mode, with the checkpoint's :class:`CheckpointInfo` beside it."""
     model = from_pretrained(directory, device=device)
-    head = ServingHead(model).eval()
-    info = model.checkpoint_info
-    head.classes = list(info.classes)
-    head.palette = [list(p) for p in info.palette]
-    head.input_size = info.input_size
-    return head
+    return ServingModule(module=ServingHead(model).eval(), info=model.checkpoint_info)

@@ -166,16 +166,13 @@ def resolve_size(checkpoint: Path, size: tuple[int, int] | None) -> tuple[int, i
     if size is not None:
         return size
     if checkpoint.suffix.lower() == ".onnx":
-        from faseg.service.backends.base import META_INPUT_SIZE
-        from faseg.service.backends.onnxruntime import read_metadata
+        from faseg.export.contract import metadata_input_size
+        from faseg.export.session import read_metadata
 
-        raw = read_metadata(checkpoint).get(META_INPUT_SIZE)
-        if raw is None:
+        found = metadata_input_size(read_metadata(checkpoint), checkpoint.name)
+        if found is None:
             raise BenchError(f"{checkpoint} does not state its input size; pass --size")
-        import json
-
-        h, w = json.loads(raw)
-        return int(h), int(w)
+        return found
     from faseg.model.checkpoint import read_checkpoint_info
 
     return read_checkpoint_info(checkpoint).input_size

@@ -13,11 +13,13 @@ from .loadtest import add_image_arguments, parse_list, payloads_from_args
 
 
 def _parse_hxw(text: str) -> tuple[int, int]:
+    """``--size``: the one H×W parser of the CLI (``faseg.model.summary.parse_size``), as a CLI error."""
+    from faseg.model.summary import parse_size
+
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise CLIError(f"--size must be HxW, e.g. 512x512, not {text!r}") from None
-    return h, w
+        return parse_size(text)
+    except ValueError as exc:
+        raise CLIError(f"--size: {exc}") from None
 
 
 def _emit(report: dict, args: argparse.Namespace, out: Path | None) -> None:

@@ -2,49 +2,40 @@
 
 The module is what ``faseg.model.ServingHead`` is: ``forward(images)`` with images (N, H, W, 3) uint8
 returning labels (N, H, W) and confidence (N, H, W), possibly followed by extra outputs that are ignored.
-A checkpoint directory is turned into such a module by a loader hook, by default
-``faseg.model.load_serving_module(checkpoint_dir)``; the module must expose ``classes``, ``palette`` and
-``input_size`` (H, W), or the loader returns them beside it as a ``ModelInfo``.
+A checkpoint directory is turned into a (module, ``ModelInfo``) pair by a loader hook, by default
+:func:`faseg.model.load_serving_module` (which returns the module with its ``CheckpointInfo``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from faseg.model import load_serving_module
 from torch import nn
 
-from .base import Backend, BackendError, BackendOutOfMemory, BackendOutput, ModelInfo, parse_palette
+from .base import Backend, BackendError, BackendOutOfMemory, BackendOutput, ContractError, ModelInfo
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-ServingLoader = Callable[[Path], "nn.Module | tuple[nn.Module, ModelInfo]"]
+#: checkpoint directory -> (serving module, its ModelInfo); the backend sets the info's name.
+ServingLoader = Callable[[Path], tuple[nn.Module, ModelInfo]]
 
 
-def default_loader(checkpoint_dir: Path) -> nn.Module:
-    try:
-        from faseg.model import load_serving_module  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise BackendError(
-            "faseg.model.load_serving_module is not available in this build; cannot load a torch checkpoint"
-        ) from exc
-    return load_serving_module(checkpoint_dir)
-
-
-def info_from_module(module: nn.Module, name: str) -> ModelInfo:
-    """Read ``classes``, ``palette`` and ``input_size`` from the module's attributes."""
-    missing = [attr for attr in ("classes", "input_size") if not hasattr(module, attr)]
-    if missing:
-        raise BackendError(
-            f"serving module {type(module).__name__} lacks {missing}; the loader must provide a ModelInfo"
-        )
-    classes = tuple(str(c) for c in module.classes)
-    h, w = module.input_size
-    palette = parse_palette(getattr(module, "palette", None), len(classes), name)
-    return ModelInfo(name=name, classes=classes, palette=palette, input_size=(int(h), int(w)))
+def default_loader(checkpoint_dir: Path) -> tuple[nn.Module, ModelInfo]:
+    loaded = load_serving_module(checkpoint_dir)
+    info = loaded.info
+    model_info = ModelInfo(
+        name=checkpoint_dir.name,
+        classes=tuple(str(c) for c in info.classes),
+        palette=tuple((int(r), int(g), int(b)) for r, g, b in info.palette),
+        input_size=(int(info.input_size[0]), int(info.input_size[1])),
+    )
+    return loaded.module, model_info
 
 
 class TorchBackend(Backend):
@@ -76,8 +67,11 @@ class TorchBackend(Backend):
     ) -> TorchBackend:
         if not checkpoint_dir.is_dir():
             raise BackendError(f"torch checkpoint directory {str(checkpoint_dir)!r} does not exist")
-        loaded = (loader or default_loader)(checkpoint_dir)
-        module, info = loaded if isinstance(loaded, tuple) else (loaded, info_from_module(loaded, model_name))
+        try:
+            module, info = (loader or default_loader)(checkpoint_dir)
+        except (ContractError, ValueError, FileNotFoundError) as exc:  # CheckpointError is a ValueError
+            raise BackendError(f"cannot load torch checkpoint {str(checkpoint_dir)!r}: {exc}") from exc
+        info = dataclasses.replace(info, name=model_name)
         return cls(module, info, **kwargs)
 
     def details(self) -> dict[str, Any]:

@@ -359,11 +359,11 @@ def test_provider_order() -> None:
 
 
 def test_session_metadata_keys_match_the_exporter() -> None:
-    from faseg.export import onnx_export
+    from faseg.export import contract, onnx_export
 
     assert session.META_FLAVOUR == onnx_export.META_FLAVOUR
     assert session.META_PRECISION == onnx_export.META_PRECISION
-    assert session.META_INPUT_SIZE == onnx_export.META_INPUT_SIZE
+    assert contract.META_INPUT_SIZE == onnx_export.META_INPUT_SIZE
 
 
 # ---------------------------------------------------------------------------------------------------

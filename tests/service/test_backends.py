@@ -9,12 +9,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from faseg.export.session import SessionError, choose_providers
 from faseg.service.backends import BackendError, load_backend
 from faseg.service.backends.base import ModelInfo, check_output
-from faseg.service.backends.onnxruntime import OnnxRuntimeBackend, choose_providers
+from faseg.service.backends.onnxruntime import OnnxRuntimeBackend
 from faseg.service.backends.torch import TorchBackend
 from faseg.service.core.config import Settings
 from service_toy_model import CLASSES, INPUT_SIZE, PALETTE, ColourClassifier, reference_labels
+
+TOY_INFO = ModelInfo(name="toy", classes=tuple(CLASSES), palette=tuple(map(tuple, PALETTE)), input_size=INPUT_SIZE)
 
 
 def _batch(n: int, seed: int = 0) -> np.ndarray:
@@ -37,7 +40,7 @@ def test_onnxruntime_backend_reads_metadata_and_infers(toy_onnx: Path) -> None:
 
 def test_torch_backend_matches_onnxruntime(toy_onnx: Path) -> None:
     torch_backend = TorchBackend.load(
-        toy_onnx.parent, model_name="toy", loader=lambda _path: ColourClassifier(), max_batch_size=4
+        toy_onnx.parent, model_name="toy", loader=lambda _path: (ColourClassifier(), TOY_INFO), max_batch_size=4
     )
     ort_backend = OnnxRuntimeBackend.load(toy_onnx, model_name="toy")
     images = _batch(4, seed=1)
@@ -49,8 +52,7 @@ def test_torch_backend_matches_onnxruntime(toy_onnx: Path) -> None:
 
 
 def test_torch_backend_bf16_autocast_on_cpu() -> None:
-    info = ModelInfo(name="toy", classes=tuple(CLASSES), palette=tuple(map(tuple, PALETTE)), input_size=INPUT_SIZE)
-    backend = TorchBackend(ColourClassifier(), info, precision="bf16")
+    backend = TorchBackend(ColourClassifier(), TOY_INFO, precision="bf16")
     out = backend.infer(_batch(2))
     assert out.labels.dtype == np.uint8 and out.confidence.dtype == np.float32
 
@@ -84,12 +86,12 @@ def test_missing_metadata_is_a_clear_error(toy_onnx: Path, tmp_path: Path) -> No
 
 
 def test_cuda_without_gpu_providers_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(BackendError, match="onnxruntime-gpu"):
-        choose_providers("cuda", ["CPUExecutionProvider"], cache_dir=tmp_path, precision="fp32")
+    with pytest.raises(SessionError, match="onnxruntime-gpu"):
+        choose_providers("cuda", ["CPUExecutionProvider"], trt_cache_dir=tmp_path, precision="fp32")
     providers = choose_providers(
         "cuda",
         ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-        cache_dir=tmp_path,
+        trt_cache_dir=tmp_path,
         precision="fp16",
     )
     assert [p if isinstance(p, str) else p[0] for p in providers] == [
