@@ -37,8 +37,11 @@ def effective_settings(settings: Settings, *, backend_given: bool = False) -> Se
 
 def create_app(settings: Settings | None = None, *, backend: Backend | None = None) -> FastAPI:
     """Build the service. ``backend`` injects an already-loaded backend (tests, embedding); otherwise the
-    lifespan loads the one ``settings`` describe."""
-    settings = effective_settings(settings or Settings(), backend_given=backend is not None)
+    lifespan loads the one ``settings`` describe. Nothing heavy happens here: without a model in ``settings``,
+    the bundled demo model is resolved (and exported on first use) in the lifespan."""
+    settings = settings or Settings()
+    if settings.model is not None or backend is not None:
+        settings = effective_settings(settings, backend_given=backend is not None)  # cheap: no default model
     service_metrics = ServiceMetrics()
     lifecycle = Lifecycle()
     service_metrics.ready.set_function(lambda: float(lifecycle.ready))
@@ -48,7 +51,11 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_pillow(settings.max_image_pixels)
         try:
-            runtime = await Runtime.start(settings, service_metrics, backend)
+            effective = settings
+            if effective.model is None and backend is None:  # may export the demo model: off the event loop
+                effective = await asyncio.to_thread(effective_settings, settings)
+                app.state.settings = effective
+            runtime = await Runtime.start(effective, service_metrics, backend)
         except Exception as exc:
             log.error("cannot start the model: %s", exc)
             raise
@@ -59,7 +66,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         finally:
             warm_up.cancel()
             await asyncio.gather(warm_up, return_exceptions=True)
-            await runtime.close(settings.drain_timeout_s)
+            await runtime.close(effective.drain_timeout_s)
             app.state.runtime = None
 
     app = FastAPI(

@@ -86,6 +86,7 @@ class Pipeline:
         settings: Settings,
     ):
         self.backend = backend
+        self._info = backend.info  # classes, palette, input size: fixed for the backend's life
         self.batcher = batcher
         self._decode_pool = decode_pool
         self._encode_pool = encode_pool
@@ -154,7 +155,7 @@ class Pipeline:
 
     def _prepare(self, data: bytes, options: SegmentOptions) -> PreparedImage:
         started = time.monotonic()
-        input_size = self.backend.input_size
+        input_size = self._info.input_size
         h, w = input_size
         decoded: DecodedImage = decode_image(
             data,
@@ -209,20 +210,20 @@ class Pipeline:
         labels = restore(result.labels, box, size) if options.outputs & MAP_OUTPUTS else crop
         fields: dict[str, Any] = {}
         if "stats" in options.outputs:
-            fields["stats"] = class_stats_resized(crop, self.backend.classes, out_size)
+            fields["stats"] = class_stats_resized(crop, self._info.classes, out_size)
         postprocess_s = time.monotonic() - started
         encode_started = time.monotonic()
         png = None
         if "rle" in options.outputs:
-            fields["rle"] = class_rles(labels, self.backend.classes)
+            fields["rle"] = class_rles(labels, self._info.classes)
         if "png" in options.outputs:
-            png = label_png(labels, self.backend.palette, compress_level=self._settings.png_compress_level)
+            png = label_png(labels, self._info.palette, compress_level=self._settings.png_compress_level)
         if "overlay" in options.outputs and prepared.image is not None:
             jpeg = overlay_jpeg(
                 prepared.image,
                 result.labels,
                 box,
-                self.backend.palette,
+                self._info.palette,
                 size=out_size,
                 alpha=self._settings.overlay_alpha,
                 quality=self._settings.overlay_quality,

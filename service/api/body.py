@@ -1,4 +1,8 @@
-"""Reading image uploads from untrusted request bodies.
+"""Request intake: reading image uploads from untrusted request bodies, and the one flow every work route
+(``/v1/segment``, ``/v1/segment:batch``, ``/v2/models/{model}/infer``) runs, :func:`segment_request`::
+
+    admit (lifecycle) → room check (batcher) → read (the route's reader) → room check for N images
+        → prepare (decode + letterbox) → watch for disconnect → segment (queue → infer → render)
 
 Accepted: a raw ``image/jpeg|png|webp`` (or ``application/octet-stream``) body, or ``multipart/form-data``
 with the image(s) in field ``image``. The byte cap is checked against ``Content-Length`` before anything
@@ -10,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -24,9 +29,13 @@ from ..core.errors import (
     InvalidParameter,
     InvalidRequest,
     PayloadTooLarge,
+    ServiceError,
     TooManyImages,
     UnsupportedMediaType,
 )
+from ..core.lifecycle import Lifecycle
+from ..pipeline import PreparedImage, RenderedImage, SegmentOptions
+from ..runtime import Runtime
 
 IMAGE_FIELD = "image"
 MULTIPART = "multipart/form-data"
@@ -46,20 +55,23 @@ def check_declared_length(request: Request, max_bytes: int) -> None:
         raise PayloadTooLarge(f"the body declares {declared} bytes; the limit is {max_bytes}", close_connection=True)
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The whole body, refusing more than ``max_bytes``."""
+async def _chunks(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
+    """The body's chunks as they stream, refusing more than ``max_bytes`` in total."""
     check_declared_length(request, max_bytes)
-    chunks: list[bytes] = []
     total = 0
     try:
         async for chunk in request.stream():
             total += len(chunk)
             if total > max_bytes:
                 raise PayloadTooLarge(f"the body exceeds the limit of {max_bytes} bytes", close_connection=True)
-            chunks.append(chunk)
+            yield chunk
     except ClientDisconnect:
         raise ClientDisconnected("the client disconnected while sending the body") from None
-    return b"".join(chunks)
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refusing more than ``max_bytes``."""
+    return b"".join([chunk async for chunk in _chunks(request, max_bytes)])
 
 
 async def read_images(request: Request, *, max_bytes: int, max_images: int) -> list[bytes]:
@@ -157,16 +169,10 @@ async def _read_multipart(
         parser = MultipartParser(boundary, collector.callbacks())
     except FormParserError as exc:
         raise InvalidRequest(f"bad multipart boundary: {exc}") from None
-    total = 0
     try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > max_bytes:
-                raise PayloadTooLarge(f"the body exceeds the limit of {max_bytes} bytes", close_connection=True)
+        async for chunk in _chunks(request, max_bytes):
             parser.write(chunk)
         parser.finalize()
-    except ClientDisconnect:
-        raise ClientDisconnected("the client disconnected while sending the body") from None
     except FormParserError as exc:
         raise InvalidRequest(f"malformed multipart body: {exc}") from None
     if not collector.finished:
@@ -192,3 +198,76 @@ def watch_disconnect(receive: Callable[[], Awaitable[dict[str, Any]]]) -> Iterat
         yield task
     finally:
         task.cancel()
+
+
+@dataclass(frozen=True)
+class SegmentJob:
+    """What a route read from its request: the encoded images and how to segment them (routes may subclass
+    it to carry what they need to build the answer)."""
+
+    images: list[bytes]
+    options: SegmentOptions
+    timeout_ms: int | None
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """One image of a request: its decoded form (or the error that stopped it) and its answer (or error)."""
+
+    prepared: PreparedImage | ServiceError
+    answer: RenderedImage | ServiceError
+
+
+Job = TypeVar("Job", bound=SegmentJob)
+
+
+async def segment_request(
+    request: Request,
+    runtime: Runtime,
+    lifecycle: Lifecycle,
+    read: Callable[[], Awaitable[Job]],
+    *,
+    fail_fast: bool,
+    check_prepared: Callable[[Job, list[PreparedImage]], None] | None = None,
+) -> tuple[Job, list[ImageOutcome]]:
+    """Run one work request through the service: the job ``read`` returned and one outcome per image.
+
+    The request is admitted (503 when not ready or draining) and counted until this returns; the queue is
+    checked for room before the body is read (429 sheds load early) and again for all its images. With
+    ``fail_fast`` the first image error is raised (the request fails as a whole), otherwise every image gets
+    its own outcome. ``check_prepared`` may refuse the decoded images before they are queued. A client that
+    disconnects before its answers are ready gets ``ClientDisconnected`` and its queued images never run.
+    """
+    started = time.monotonic()
+    pipeline = runtime.pipeline
+    with lifecycle.admit():
+        runtime.batcher.check_room(1)  # shed load before reading the body
+        job = await read()
+        runtime.batcher.check_room(len(job.images))
+        slots = await pipeline.prepare_all(job.images, job.options, started)
+        if fail_fast:
+            _raise_first_error(slots)
+        ready = [slot for slot in slots if isinstance(slot, PreparedImage)]
+        if check_prepared is not None:
+            check_prepared(job, ready)
+        answers: list[RenderedImage | ServiceError] = []
+        if ready:
+            with watch_disconnect(request.receive) as disconnected:
+                answers = await pipeline.segment(
+                    ready,
+                    job.options,
+                    started=started,
+                    deadline=pipeline.deadline(started, job.timeout_ms),
+                    disconnected=disconnected,
+                )
+        if fail_fast:
+            _raise_first_error(answers)
+    answer_iter = iter(answers)
+    outcomes = [ImageOutcome(slot, next(answer_iter) if isinstance(slot, PreparedImage) else slot) for slot in slots]
+    return job, outcomes
+
+
+def _raise_first_error(values: Sequence[object]) -> None:
+    for value in values:
+        if isinstance(value, ServiceError):
+            raise value

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from faseg.service import Settings, create_app
 from faseg.service.backends.base import Backend, BackendOutput, ModelInfo
 from faseg.service.backends.torch import TorchBackend
@@ -121,3 +122,28 @@ def test_route_dependencies_run_on_the_event_loop() -> None:
         if not inspect.iscoroutinefunction(call)
     )
     assert not sync
+
+
+def test_create_app_resolves_the_default_model_in_the_lifespan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`create_app` does no heavy work: the demo model is resolved (exported on first use) when the app starts,
+    and the settings the app reports are then the effective ones."""
+    import faseg.service.main as service_main
+
+    calls: list[Path] = []
+    model = tmp_path / "toy.onnx"
+
+    def resolve(cache_dir: Path | None = None) -> Path:
+        calls.append(model)
+        from service_toy_model import export_toy_onnx
+
+        return export_toy_onnx(model)
+
+    monkeypatch.setattr(service_main, "resolve_default_model", resolve)
+    app = create_app(Settings(cache_dir=tmp_path, warmup=False))
+    assert calls == [] and app.state.settings.model is None
+    with TestClient(app) as client:
+        assert calls == [model]
+        assert app.state.settings.model == model and app.state.settings.model_name == "toy"
+        while client.get("/readyz").status_code != 200:
+            time.sleep(0.05)
+        assert client.get("/v1/models").json()["models"][0]["name"] == "toy"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -14,7 +13,7 @@ from pydantic import StringConstraints
 from ...core.errors import InvalidParameter, ServiceError
 from ...pipeline import OUTPUT_NAMES, PreparedImage, RenderedImage, SegmentOptions
 from ...runtime import MODEL_VERSION, Runtime
-from ..body import read_images, watch_disconnect
+from ..body import SegmentJob, read_images, segment_request
 from ..deps import LifecycleDep, MetricsDep, RuntimeDep
 from ..errors import count_rejection, error_body
 from ..schemas import ERROR_RESPONSES, BatchResponse, SegmentResponse
@@ -151,25 +150,14 @@ async def segment(request: Request, lifecycle: LifecycleDep, runtime: RuntimeDep
     """Segment one image, sent as a raw ``image/jpeg|png|webp`` body or as multipart field ``image``.
 
     With ``Accept: image/png`` and ``png`` among the outputs, the answer is the label PNG itself."""
-    started = time.monotonic()
-    pipeline = runtime.pipeline
-    with lifecycle.admit():
-        settings = runtime.settings
-        runtime.batcher.check_room(1)  # shed load before reading the body
-        blobs = await read_images(request, max_bytes=settings.max_body_bytes, max_images=1)
-        [prepared] = await pipeline.prepare_all(blobs, params.options, started)
-        if isinstance(prepared, ServiceError):
-            raise prepared
-        with watch_disconnect(request.receive) as disconnected:
-            [rendered] = await pipeline.segment(
-                [prepared],
-                params.options,
-                started=started,
-                deadline=pipeline.deadline(started, params.timeout_ms),
-                disconnected=disconnected,
-            )
-        if isinstance(rendered, ServiceError):
-            raise rendered
+
+    async def read() -> SegmentJob:
+        blobs = await read_images(request, max_bytes=runtime.settings.max_body_bytes, max_images=1)
+        return SegmentJob(blobs, params.options, params.timeout_ms)
+
+    _, [outcome] = await segment_request(request, runtime, lifecycle, read, fail_fast=True)
+    prepared, rendered = outcome.prepared, outcome.answer
+    assert isinstance(prepared, PreparedImage) and isinstance(rendered, RenderedImage)  # fail_fast raised errors
     model = _model_fields(runtime)
     if rendered.png is not None and wants_png_body(request):
         headers = {
@@ -197,38 +185,23 @@ async def segment_batch(
 
     Every image counts one toward batching and gets its own result or error; the answer is 200 unless the
     request as a whole is refused (body, parameters, queue, readiness)."""
-    started = time.monotonic()
-    pipeline = runtime.pipeline
-    options = params.options
-    with lifecycle.admit():
-        settings = runtime.settings
-        runtime.batcher.check_room(1)
-        blobs = await read_images(
-            request, max_bytes=settings.max_body_bytes, max_images=settings.max_images_per_request
-        )
-        runtime.batcher.check_room(len(blobs))
-        slots = await pipeline.prepare_all(blobs, options, started)
-        ready = [p for p in slots if isinstance(p, PreparedImage)]
-        answers: list[RenderedImage | ServiceError] = []
-        if ready:
-            with watch_disconnect(request.receive) as disconnected:
-                answers = await pipeline.segment(
-                    ready,
-                    options,
-                    started=started,
-                    deadline=pipeline.deadline(started, params.timeout_ms),
-                    disconnected=disconnected,
-                )
-    answer_iter = iter(answers)
+    max_images = runtime.settings.max_images_per_request
+
+    async def read() -> SegmentJob:
+        blobs = await read_images(request, max_bytes=runtime.settings.max_body_bytes, max_images=max_images)
+        return SegmentJob(blobs, params.options, params.timeout_ms)
+
+    _, outcomes = await segment_request(request, runtime, lifecycle, read, fail_fast=False)
     results: list[dict[str, Any]] = []
-    for index, slot in enumerate(slots):
-        answer = next(answer_iter) if isinstance(slot, PreparedImage) else slot
+    for index, outcome in enumerate(outcomes):
+        answer = outcome.answer
         if isinstance(answer, ServiceError):
             count_rejection(metrics, answer)
             error = error_body(answer, request_id=None, v2=False)["error"]
             results.append({"index": index, "status": answer.status, "error": error})
         else:
-            assert isinstance(slot, PreparedImage)
-            results.append({"index": index, "status": 200, "result": _result_fields(slot, answer, options)})
+            assert isinstance(outcome.prepared, PreparedImage)
+            fields = _result_fields(outcome.prepared, answer, params.options)
+            results.append({"index": index, "status": 200, "result": fields})
     body = {"request_id": request.state.request_id, **_model_fields(runtime), "results": results}
     return JSONResponse(body)

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Path, Request
@@ -20,12 +19,12 @@ from fastapi.responses import JSONResponse, Response
 
 import faseg
 
-from ...core.errors import InvalidRequest, ModelNotFound, ServiceError, TooManyImages
+from ...core.errors import InvalidRequest, ModelNotFound, TooManyImages
 from ...core.lifecycle import Lifecycle
 from ...kserve import HEADER_LENGTH, NUMPY_TO_V2, OutputTensor, bytes_elements, encode_response, parse_request
 from ...pipeline import LABELS_OUTPUT, PreparedImage, RenderedImage, SegmentOptions
 from ...runtime import MODEL_VERSION, Runtime
-from ..body import read_body, watch_disconnect
+from ..body import SegmentJob, read_body, segment_request
 from ..deps import LifecycleDep, MetricsDep, RuntimeDep
 from ..schemas import V2ErrorResponse
 from .segment import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS
@@ -212,15 +211,12 @@ async def infer_version(
 
 
 @dataclass(frozen=True)
-class InferCall:
-    """A validated inference request."""
+class InferCall(SegmentJob):
+    """A validated inference request: the images, options and deadline, plus what the answer needs."""
 
     request_id: str | None
-    images: list[bytes]
     outputs: list[str]  # output names in the order asked for
     binary: set[str]  # outputs to send as binary data
-    options: SegmentOptions
-    timeout_ms: int | None
 
 
 def _requested_outputs(parsed_outputs: list[Any] | None, binary_default: bool) -> tuple[list[str], set[str]]:
@@ -274,7 +270,8 @@ def parse_call(body: bytes, header_length: str | None, max_images: int) -> Infer
     )
 
 
-def _check_one_size(images: list[PreparedImage], output_size: str) -> None:
+def _check_one_size(call: InferCall, images: list[PreparedImage]) -> None:
+    output_size = call.options.output_size
     sizes = {p.box.original_size if output_size == "original" else p.box.content_size for p in images}
     if len(sizes) > 1:
         raise InvalidRequest(
@@ -301,34 +298,16 @@ def _response(model: str, call: InferCall, answers: list[RenderedImage]) -> Resp
 
 
 async def _infer(model: str, version: str | None, request: Request, runtime: Runtime, lifecycle: Lifecycle) -> Response:
-    started = time.monotonic()
-    pipeline = runtime.pipeline
     settings = runtime.settings
-    with lifecycle.admit():
+
+    async def read() -> InferCall:
         _check_model(runtime, model, version)
-        runtime.batcher.check_room(1)
         body = await read_body(request, settings.max_body_bytes)
-        call = parse_call(body, request.headers.get(HEADER_LENGTH), settings.max_images_per_request)
-        runtime.batcher.check_room(len(call.images))
-        prepared = [_raise_error(p) for p in await pipeline.prepare_all(call.images, call.options, started)]
-        _check_one_size(prepared, call.options.output_size)
-        with watch_disconnect(request.receive) as disconnected:
-            answers = await pipeline.segment(
-                prepared,
-                call.options,
-                started=started,
-                deadline=pipeline.deadline(started, call.timeout_ms),
-                disconnected=disconnected,
-            )
-        rendered = [_raise_error(a) for a in answers]
+        return parse_call(body, request.headers.get(HEADER_LENGTH), settings.max_images_per_request)
+
+    call, outcomes = await segment_request(
+        request, runtime, lifecycle, read, fail_fast=True, check_prepared=_check_one_size
+    )
+    # The protocol has no per-image errors: fail_fast raised the first one.
+    rendered = [o.answer for o in outcomes if isinstance(o.answer, RenderedImage)]
     return _response(model, call, rendered)
-
-
-T = TypeVar("T")
-
-
-def _raise_error(value: T | ServiceError) -> T:
-    """The protocol has no per-image errors: the first one fails the request."""
-    if isinstance(value, ServiceError):
-        raise value
-    return value
