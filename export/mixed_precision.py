@@ -127,115 +127,145 @@ def convert_to_mixed_precision(
     None. The input model must be fp32 and topologically sorted (as exported).
     """
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
-    FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
     model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    graph = model.graph
-    types = _elem_types(model)
-    if any(t == FLOAT16 for t in types.values()):
-        raise MixedPrecisionError("the graph already holds fp16 tensors; convert the fp32 export")
-    data = _data_tensors(model)
-    opset = {o.domain: o.version for o in model.opset_import}
-    opset.setdefault("ai.onnx", opset.get("", 1))
-    initializers = {t.name: t for t in graph.initializer}
-    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
-    graph_outputs = {o.name for o in graph.output}
-    report = ConversionReport()
+    converter = _Converter(model, keep_fp32)
+    for node in model.graph.node:
+        converter.convert(node)
+    converter.keep_outputs_fp32()
+    converter.write_back()
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=False)
+    return model, converter.report
 
-    fp16_tensors: set[str] = set()
-    new_nodes: list[Any] = []
-    new_initializers: list[Any] = []
-    casts: dict[tuple[str, int], str] = {}  # (tensor, target type) -> cast output (one Cast per tensor and type)
 
-    def cast(name: str, to: int) -> str:
+class _Converter:
+    """The state of one conversion: node by node (graph order), then graph outputs, then the write-back."""
+
+    def __init__(self, model: Any, keep_fp32: Callable[[Any], str | None]) -> None:
+        from onnx import TensorProto
+
+        self.FLOAT, self.FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
+        self.model = model
+        graph = model.graph
+        self.types = _elem_types(model)
+        if any(t == self.FLOAT16 for t in self.types.values()):
+            raise MixedPrecisionError("the graph already holds fp16 tensors; convert the fp32 export")
+        self.keep_fp32 = keep_fp32
+        self.data = _data_tensors(model)
+        self.opset = {o.domain: o.version for o in model.opset_import}
+        self.opset.setdefault("ai.onnx", self.opset.get("", 1))
+        self.initializers = {t.name: t for t in graph.initializer}
+        self.constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+        self.graph_outputs = {o.name for o in graph.output}
+        self.report = ConversionReport()
+        self.fp16_tensors: set[str] = set()
+        self.new_nodes: list[Any] = []
+        self.new_initializers: list[Any] = []
+        self.casts: dict[tuple[str, int], str] = {}  # (tensor, target type) -> cast output (one per tensor, type)
+
+    def cast(self, name: str, to: int) -> str:
+        from onnx import helper
+
         key = (name, to)
-        if key not in casts:
-            out = f"{name}__to_{'fp16' if to == FLOAT16 else 'fp32'}"
-            new_nodes.append(helper.make_node("Cast", [name], [out], to=to, name=f"{out}__cast"))
-            casts[key] = out
-            report.casts_inserted += 1
-        return casts[key]
+        if key not in self.casts:
+            out = f"{name}__to_{'fp16' if to == self.FLOAT16 else 'fp32'}"
+            self.new_nodes.append(helper.make_node("Cast", [name], [out], to=to, name=f"{out}__cast"))
+            self.casts[key] = out
+            self.report.casts_inserted += 1
+        return self.casts[key]
 
-    def fp16_constant(name: str) -> str | None:
+    def fp16_constant(self, name: str) -> str | None:
         """An fp16 initializer copy of an fp32 initializer / Constant value, or None when it is neither."""
-        key = (name, -FLOAT16)
-        if key in casts:
-            return casts[key]
-        if name in initializers and initializers[name].data_type == FLOAT:
-            array = numpy_helper.to_array(initializers[name])
-        elif name in constants and constants[name].attribute[0].name == "value":
-            tensor = constants[name].attribute[0].t
-            if tensor.data_type != FLOAT:
+        from onnx import numpy_helper
+
+        key = (name, -self.FLOAT16)
+        if key in self.casts:
+            return self.casts[key]
+        if name in self.initializers and self.initializers[name].data_type == self.FLOAT:
+            array = numpy_helper.to_array(self.initializers[name])
+        elif name in self.constants and self.constants[name].attribute[0].name == "value":
+            tensor = self.constants[name].attribute[0].t
+            if tensor.data_type != self.FLOAT:
                 return None
             array = numpy_helper.to_array(tensor)
         else:
             return None
         out = f"{name}__fp16"
-        new_initializers.append(numpy_helper.from_array(_fp16_array(array), out))
-        report.fp16_initializers += 1
-        casts[key] = out
+        self.new_initializers.append(numpy_helper.from_array(_fp16_array(array), out))
+        self.report.fp16_initializers += 1
+        self.casts[key] = out
         return out
 
-    for node in graph.node:
+    def convert(self, node: Any) -> None:
+        """Run ``node`` in fp16 (inputs cast or copied to fp16) unless a rule keeps it fp32 (fp16 inputs cast
+        back to fp32); nodes with no float data output stay as they are."""
+        import onnx
+
         if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for attr in node.attribute):
             raise MixedPrecisionError(f"node {node.name!r} ({node.op_type}) holds a subgraph; not supported")
-        untyped = [o for o in node.output if o and o in data and o not in types]
+        types, FLOAT = self.types, self.FLOAT
+        untyped = [o for o in node.output if o and o in self.data and o not in types]
         if untyped:
             raise MixedPrecisionError(
                 f"shape inference gives no type for {untyped[0]!r}, written by {node.name!r} "
                 f"({node.domain or 'ai.onnx'}::{node.op_type}); give the node's outputs value_info"
             )
-        float_data_out = any(types.get(o) == FLOAT and o in data for o in node.output if o)
-        rule = keep_fp32(node) if float_data_out else None
+        float_data_out = any(types.get(o) == FLOAT and o in self.data for o in node.output if o)
+        rule = self.keep_fp32(node) if float_data_out else None
         if float_data_out and rule is not None:
-            report.kept_by_rule[rule] = report.kept_by_rule.get(rule, 0) + 1
+            self.report.kept_by_rule[rule] = self.report.kept_by_rule.get(rule, 0) + 1
         if float_data_out and rule is None:
-            report.fp16_nodes += 1
+            self.report.fp16_nodes += 1
             if node.op_type == "Cast":
                 for attr in node.attribute:
                     if attr.name == "to" and attr.i == FLOAT:
-                        attr.i = FLOAT16
-                fp16_tensors.update(o for o in node.output if types.get(o) == FLOAT)
-                new_nodes.append(node)
-                continue
-            in_slots, out_slots = _same_type_slots(node, opset)
+                        attr.i = self.FLOAT16
+                self.fp16_tensors.update(o for o in node.output if types.get(o) == FLOAT)
+                self.new_nodes.append(node)
+                return
+            in_slots, out_slots = _same_type_slots(node, self.opset)
             for i, name in enumerate(node.input):
-                if i not in in_slots or not name or types.get(name) != FLOAT or name in fp16_tensors:
+                if i not in in_slots or not name or types.get(name) != FLOAT or name in self.fp16_tensors:
                     continue
-                node.input[i] = fp16_constant(name) or cast(name, FLOAT16)
-            fp16_tensors.update(node.output[i] for i in out_slots if i < len(node.output) and node.output[i])
+                node.input[i] = self.fp16_constant(name) or self.cast(name, self.FLOAT16)
+            self.fp16_tensors.update(node.output[i] for i in out_slots if i < len(node.output) and node.output[i])
         else:
-            report.fp32_nodes += 1
+            self.report.fp32_nodes += 1
             if node.op_type not in TYPE_AGNOSTIC:
                 for i, name in enumerate(node.input):
-                    if name in fp16_tensors:
-                        node.input[i] = cast(name, FLOAT)
-        new_nodes.append(node)
+                    if name in self.fp16_tensors:
+                        node.input[i] = self.cast(name, FLOAT)
+        self.new_nodes.append(node)
 
-    # graph outputs keep their fp32 type: the producer writes an fp16 tensor, a Cast writes the output name
-    renames = {name: f"{name}__fp16" for name in graph_outputs if name in fp16_tensors}
-    for node in new_nodes:
-        for i, name in enumerate(node.input):
-            if name in renames:
-                node.input[i] = renames[name]
-        for i, name in enumerate(node.output):
-            if name in renames:
-                node.output[i] = renames[name]
-    for name, internal in renames.items():
-        new_nodes.append(helper.make_node("Cast", [internal], [name], to=FLOAT, name=f"{name}__output_cast"))
-        report.casts_inserted += 1
+    def keep_outputs_fp32(self) -> None:
+        """Graph outputs keep their fp32 type: the producer writes an fp16 tensor, a Cast writes the output."""
+        from onnx import helper
 
-    used = {name for node in new_nodes for name in node.input} | graph_outputs
-    new_nodes = [n for n in new_nodes if n.op_type != "Constant" or n.output[0] in used]  # replaced by copies
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    kept = [t for t in graph.initializer if t.name in used] + new_initializers
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    del graph.value_info[:]
-    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=False)
-    return model, report
+        renames = {name: f"{name}__fp16" for name in self.graph_outputs if name in self.fp16_tensors}
+        for node in self.new_nodes:
+            for i, name in enumerate(node.input):
+                if name in renames:
+                    node.input[i] = renames[name]
+            for i, name in enumerate(node.output):
+                if name in renames:
+                    node.output[i] = renames[name]
+        for name, internal in renames.items():
+            self.new_nodes.append(
+                helper.make_node("Cast", [internal], [name], to=self.FLOAT, name=f"{name}__output_cast")
+            )
+            self.report.casts_inserted += 1
+
+    def write_back(self) -> None:
+        """Replace the graph's nodes and initializers, dropping Constants and initializers now unused."""
+        graph = self.model.graph
+        used = {name for node in self.new_nodes for name in node.input} | self.graph_outputs
+        nodes = [n for n in self.new_nodes if n.op_type != "Constant" or n.output[0] in used]  # replaced by copies
+        del graph.node[:]
+        graph.node.extend(nodes)
+        kept = [t for t in graph.initializer if t.name in used] + self.new_initializers
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        del graph.value_info[:]
 
 
 __all__ = ["ConversionReport", "MixedPrecisionError", "convert_to_mixed_precision"]

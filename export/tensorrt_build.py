@@ -276,6 +276,65 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _parse_network(trt: Any, builder: Any, logger: Any, summary: OnnxSummary) -> tuple[Any, list[str]]:
+    """The strongly typed network parsed from the ONNX file and the names of its plugin layers."""
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(summary.path)):
+        errors = []
+        for i in range(parser.num_errors):
+            error = parser.get_error(i)
+            errors.append(error.desc() if hasattr(error, "desc") else str(error))
+        hint = ""
+        if any("plugin" in e.lower() for e in errors):
+            hint = f" (FASeg plugin nodes need --plugins {PLUGIN_LIBRARY_NAME})"
+        raise EngineBuildError(f"parse: {summary.path.name}: " + "; ".join(errors) + hint)
+
+    plugin_layers = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if "PLUGIN" in str(layer.type):
+            plugin_layers.append(layer.name)
+    wanted = sum(summary.custom_nodes.values())
+    if len(plugin_layers) < wanted:
+        raise EngineBuildError(
+            f"parse: {wanted} FASeg custom nodes but only {len(plugin_layers)} plugin layers in the network"
+        )
+    return network, plugin_layers
+
+
+def _builder_config(
+    trt: Any,
+    builder: Any,
+    summary: OnnxSummary,
+    profiles: Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]],
+    options: EngineBuildOptions,
+) -> Any:
+    """Workspace, TF32, optimisation level, the batch profile and the timing cache."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
+    if not options.tf32 and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if options.optimization_level is not None:
+        config.builder_optimization_level = options.optimization_level
+    # One profile over the dynamic inputs (static inputs need none; a network without any takes none).
+    dynamic = [name for name, (_, dims) in summary.inputs.items() if any(_dynamic(d) for d in dims)]
+    if dynamic:
+        profile = builder.create_optimization_profile()
+        for name in dynamic:
+            profile.set_shape(name, *profiles[name])
+        config.add_optimization_profile(profile)
+    cache_bytes = b""
+    if options.timing_cache is not None and Path(options.timing_cache).is_file():
+        cache_bytes = Path(options.timing_cache).read_bytes()
+    timing_cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(timing_cache, ignore_mismatch=False)
+    return config
+
+
 def build_engine(
     onnx_path: str | Path, out: str | Path, options: EngineBuildOptions | None = None
 ) -> EngineBuildResult:
@@ -304,50 +363,8 @@ def build_engine(
     trt.init_libnvinfer_plugins(logger, "")
 
     builder = trt.Builder(logger)
-    flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(summary.path)):
-        errors = []
-        for i in range(parser.num_errors):
-            error = parser.get_error(i)
-            errors.append(error.desc() if hasattr(error, "desc") else str(error))
-        hint = ""
-        if any("plugin" in e.lower() for e in errors):
-            hint = f" (FASeg plugin nodes need --plugins {PLUGIN_LIBRARY_NAME})"
-        raise EngineBuildError(f"parse: {summary.path.name}: " + "; ".join(errors) + hint)
-
-    plugin_layers = []
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if "PLUGIN" in str(layer.type):
-            plugin_layers.append(layer.name)
-    wanted = sum(summary.custom_nodes.values())
-    if len(plugin_layers) < wanted:
-        raise EngineBuildError(
-            f"parse: {wanted} FASeg custom nodes but only {len(plugin_layers)} plugin layers in the network"
-        )
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
-    if not options.tf32 and hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)
-    if options.optimization_level is not None:
-        config.builder_optimization_level = options.optimization_level
-    # One profile over the dynamic inputs (static inputs need none; a network without any takes none).
-    dynamic = [name for name, (_, dims) in summary.inputs.items() if any(_dynamic(d) for d in dims)]
-    if dynamic:
-        profile = builder.create_optimization_profile()
-        for name in dynamic:
-            profile.set_shape(name, *profiles[name])
-        config.add_optimization_profile(profile)
-    cache_bytes = b""
-    if options.timing_cache is not None and Path(options.timing_cache).is_file():
-        cache_bytes = Path(options.timing_cache).read_bytes()
-    timing_cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(timing_cache, ignore_mismatch=False)
+    network, plugin_layers = _parse_network(trt, builder, logger, summary)
+    config = _builder_config(trt, builder, summary, profiles, options)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

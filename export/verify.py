@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .metadata import META_CLASSES, META_PRESET
+from .session import OrtSession, SessionConfig, SessionError
 
 SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 LOGIT_OUTPUTS = ("pred_logits", "pred_masks")
@@ -289,17 +290,44 @@ def _run_tensorrt(
     reason = tensorrt_verify.unavailable_reason()
     if reason is not None:
         return Comparison(status=f"unavailable: {reason}")
-    start = time.perf_counter()
     try:
         runner = tensorrt_verify.TensorRTRunner(onnx_path=onnx_path, engine_path=engine, max_batch=batch_size)
-        outputs = run_batched(runner, images, batch_size)
+        result, _ = _timed_comparison(runner, images, batch_size, reference, tolerances)
     except tensorrt_verify.TensorRTUnavailable as exc:
         return Comparison(status=f"unavailable: {exc}")
     except Exception as exc:  # a runtime that crashes is a failed verification, reported in the JSON
         return Comparison(status=f"error: {type(exc).__name__}: {exc}", failures=[str(exc)])
+    result.details = {"engine": str(engine) if engine else "built from the ONNX file"}
+    return result
+
+
+def _timed_comparison(
+    run: Runner,
+    images: np.ndarray,
+    batch_size: int,
+    reference: dict[str, np.ndarray],
+    tolerances: Tolerances,
+) -> tuple[Comparison, dict[str, np.ndarray]]:
+    """``run`` over ``images`` in batches of ``batch_size``, compared with ``reference`` and timed."""
+    start = time.perf_counter()
+    outputs = run_batched(run, images, batch_size)
     result = compare(reference, outputs, tolerances)
     result.seconds = round(time.perf_counter() - start, 3)
-    result.details = {"engine": str(engine) if engine else "built from the ONNX file"}
+    return result, outputs
+
+
+def _run_onnxruntime(
+    session: OrtSession,
+    images: np.ndarray,
+    batch_size: int,
+    reference: dict[str, np.ndarray],
+    tolerances: Tolerances,
+) -> Comparison:
+    """The ONNX file through the runtime the service serves it with (:class:`OrtSession`), against the reference."""
+    result, outputs = _timed_comparison(session.run, images, batch_size, reference, tolerances)
+    result.details = {"providers": session.providers, "outputs": session.output_names}
+    if not any(name in outputs for name in LOGIT_OUTPUTS):
+        result.details["note"] = "the file has no logits outputs (export with --outputs labels,confidence,logits)"
     return result
 
 
@@ -321,7 +349,6 @@ def verify(
     ``tensorrt``: "auto" (try when TensorRT can be imported), "on" (required), "off". ``engine`` implies "on".
     """
     from faseg.export.onnx_export import load_checkpoint
-    from faseg.export.session import OrtSession, SessionConfig, SessionError
 
     if batch_size < 1:
         raise VerifyError("--batch-size must be ≥ 1")
@@ -353,14 +380,7 @@ def verify(
     reference = run_batched(torch_runner(model), images, 1)
     torch_seconds = time.perf_counter() - start
 
-    start = time.perf_counter()
-    ort_outputs = run_batched(session.run, images, batch_size)
-    ort = compare(reference, ort_outputs, tol)
-    ort.seconds = round(time.perf_counter() - start, 3)
-    ort.details = {"providers": session.providers, "outputs": session.output_names}
-    if not any(name in ort_outputs for name in LOGIT_OUTPUTS):
-        ort.details["note"] = "the file has no logits outputs (export with --outputs labels,confidence,logits)"
-
+    ort = _run_onnxruntime(session, images, batch_size, reference, tol)
     engine_path = Path(engine) if engine is not None else None
     if engine_path is not None and not engine_path.is_file():
         raise VerifyError(f"TensorRT engine {str(engine_path)!r} does not exist")

@@ -325,6 +325,12 @@ def test_option_errors() -> None:
         ExportOptions(capture="dynamo")
 
 
+def test_every_capture_name_has_a_strategy() -> None:
+    from faseg.export import onnx_capture, onnx_options
+
+    assert tuple(onnx_capture.CAPTURE_STRATEGIES) == onnx_options.CAPTURE_NAMES
+
+
 def test_slim_needs_onnxslim(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxslim", None)  # as if not installed
     with pytest.raises(ExportError, match="pip install onnxslim"):
