@@ -178,6 +178,34 @@ def resolve_size(checkpoint: Path, size: tuple[int, int] | None) -> tuple[int, i
     return read_checkpoint_info(checkpoint).input_size
 
 
+def _load_candidates(
+    backends: Sequence[str], precisions: Sequence[str], **load: Any
+) -> tuple[list[Candidate], list[dict[str, str]]]:
+    """Every backend × precision that can run here, and the reasons of those that cannot."""
+    candidates: list[Candidate] = []
+    skipped: list[dict[str, str]] = []
+    for backend in backends:
+        for precision in precisions:
+            try:
+                candidates.append(load_candidate(backend, precision, **load))
+            except Skip as reason:
+                skipped.append({"backend": backend, "precision": precision, "reason": str(reason)})
+    return candidates, skipped
+
+
+def _fastest(results: Sequence[dict[str, Any]], batches: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """The fastest backend / precision per batch size."""
+    fastest = {}
+    for batch in batches:
+        best = max((r for r in results if r["batch"] == batch), key=lambda r: r["images_per_s"])
+        fastest[str(batch)] = {
+            "backend": best["backend"],
+            "precision": best["precision"],
+            "images_per_s": best["images_per_s"],
+        }
+    return fastest
+
+
 def run_model_bench(
     checkpoint: str | Path,
     *,
@@ -203,25 +231,10 @@ def run_model_bench(
     size = resolve_size(checkpoint, size)
     env = environment()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="faseg-bench-model-"))
-    candidates: list[Candidate] = []
-    skipped: list[dict[str, str]] = []
-    for backend in backends:
-        for precision in precisions:
-            try:
-                candidates.append(
-                    load_candidate(
-                        backend,
-                        precision,
-                        checkpoint=checkpoint,
-                        size=size,
-                        max_batch=max(batches),
-                        threads=threads,
-                        workdir=workdir,
-                        log=log,
-                    )
-                )
-            except Skip as reason:
-                skipped.append({"backend": backend, "precision": precision, "reason": str(reason)})
+    candidates, skipped = _load_candidates(
+        backends, precisions, checkpoint=checkpoint, size=size, max_batch=max(batches), threads=threads,
+        workdir=workdir, log=log,
+    )  # fmt: skip
     if not candidates:
         raise BenchError(
             "no configuration can run here: "
@@ -248,15 +261,7 @@ def run_model_bench(
     finally:
         for candidate in candidates:
             candidate.close()
-    fastest = {}
-    for batch in batches:
-        rows = [r for r in results if r["batch"] == batch]
-        best = max(rows, key=lambda r: r["images_per_s"])
-        fastest[str(batch)] = {
-            "backend": best["backend"],
-            "precision": best["precision"],
-            "images_per_s": best["images_per_s"],
-        }
+    fastest = _fastest(results, batches)
     baseline = {r["batch"]: r for r in results if r["backend"] == "torch" and r["precision"] == "fp32"}
     for row in results:
         base = baseline.get(row["batch"])

@@ -26,26 +26,16 @@ use is part of the measurement and is reported.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import gc
 import math
 import os
-import resource
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
-
-import httpx
-import numpy as np
 
 from faseg.loadtest import LoadTestConfig, write_report
 from faseg.loadtest import run as run_loadtest
@@ -53,198 +43,13 @@ from faseg.loadtest.client import make_transport
 from faseg.loadtest.images import Payload
 from faseg.loadtest.report import environment
 
-from .model_bench import latency_row
+from .raw_backend import RawBackend, server_inputs
+from .server_process import DEFAULT_SERVER_ARGS, ServerProcess, free_port, stop_process
 
 SCHEMA = "faseg.bench.service/1"
 TARGET_THROUGHPUT_RATIO = 0.9
 TARGET_P50_OVERHEAD_MS = 15.0
 CONFIDENCE = 0.9  # of the interval given for the median paired throughput ratio
-STARTUP_TIMEOUT_S = 300.0  # warm-up of every batch size of a large model on a slow CPU
-STOP_TIMEOUT_S = 30.0
-DEFAULT_SERVER_ARGS = ("--no-access-log", "--log-level", "warning", "--drain-delay-s", "0")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-    """SIGTERM, then SIGKILL if it has not exited after ``timeout_s``; its exit code (None if never started)."""
-    if process is None or process.poll() is not None:
-        return None if process is None else process.returncode
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
-
-
-class ServerProcess:
-    """``python -m faseg.service`` on a free loopback port; a context manager that always stops it."""
-
-    def __init__(self, model: Path, args: Sequence[str] = (), log_path: Path | None = None) -> None:
-        self.model = model
-        self.args = [*DEFAULT_SERVER_ARGS, *args]
-        self.port = free_port()
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def command(self) -> list[str]:
-        return [
-            sys.executable, "-m", "faseg.service", "--model", str(self.model),
-            "--host", "127.0.0.1", "--port", str(self.port), *self.args,
-        ]  # fmt: skip
-
-    def start(self, timeout_s: float = STARTUP_TIMEOUT_S) -> ServerProcess:
-        log = self.log_path.open("wb") if self.log_path else subprocess.DEVNULL
-        try:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
-        finally:
-            if self.log_path:
-                log.close()  # type: ignore[union-attr]
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}: {self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"the server was not ready after {timeout_s:g} s: {self.log_tail()}")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU seconds of the server process so far (Linux ``/proc``)."""
-        assert self.process is not None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def log_tail(self) -> str:
-        if self.log_path is None or not self.log_path.is_file():
-            return "(no log)"
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-    def stop(self) -> int | None:
-        return stop_process(self.process)
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _process_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def server_inputs(payloads: Sequence[Payload], settings: Any, input_size: tuple[int, int]) -> list[np.ndarray]:
-    """The model inputs the server makes of ``payloads``: decoded and letterboxed by the service's code."""
-    from faseg.service.imaging.decode import decode_image
-    from faseg.service.imaging.letterbox import fit, letterbox
-
-    h, w = input_size
-    tensors = []
-    for payload in payloads:
-        decoded = decode_image(
-            payload.body, max_pixels=settings.max_image_pixels, draft_size=(w, h) if settings.jpeg_draft else None
-        )
-        tensors.append(letterbox(decoded.image, fit(decoded.size, input_size)))
-    return tensors
-
-
-class RawBackend:
-    """The model loaded in this process exactly as the server loads it (same settings, same backend class),
-    fed the inputs the server makes of the same images. With ``--instances N`` it is driven as the server
-    drives it: N runs of the same batch size in flight at once (images/s counts all of them)."""
-
-    def __init__(self, model: Path, payloads: Sequence[Payload], max_batch_size: int, server_args: Sequence[str]):
-        from faseg.service.backends import load_backend
-        from faseg.service.cli import add_arguments, settings_from_args
-
-        parser = argparse.ArgumentParser(add_help=False)
-        add_arguments(parser)
-        flags = [*server_args, "--model", str(model), "--max-batch-size", str(max_batch_size)]
-        known, _ = parser.parse_known_args(flags)
-        settings = settings_from_args(known).effective()
-        self.backend = load_backend(settings)
-        self.tensors = server_inputs(payloads, settings, self.backend.input_size)
-        self.max_batch_size = max_batch_size
-        self.instances = settings.instances
-        self._pool = ThreadPoolExecutor(self.instances, thread_name_prefix="raw-instance")
-        for b in range(1, max_batch_size + 1):  # warm-up, as the server does before it turns ready
-            self.backend.infer(self.batch(b))
-
-    def batch(self, size: int, offset: int = 0) -> np.ndarray:
-        return np.stack([self.tensors[(offset + i) % len(self.tensors)] for i in range(size)])
-
-    def _infer_all(self, batches: Sequence[np.ndarray]) -> None:
-        """One run per instance, all in flight at once (a plain call with one instance)."""
-        if len(batches) == 1:
-            self.backend.infer(batches[0])
-            return
-        for future in [self._pool.submit(self.backend.infer, b) for b in batches]:
-            future.result()
-
-    def time_batches(self, runs: int) -> dict[int, dict[str, Any]]:
-        """Latency at every batch size 1 … max_batch_size, ``runs`` interleaved rounds, median. With several
-        instances a timed run is one batch per instance at once; images/s counts every instance's images."""
-        sizes = range(1, self.max_batch_size + 1)
-        n = self.instances
-        batches = {b: [self.batch(b, offset=i * b) for i in range(n)] for b in sizes}
-        times: dict[int, list[float]] = {b: [] for b in sizes}
-        cpu: dict[int, float] = dict.fromkeys(sizes, 0.0)
-        for _ in range(runs):
-            for b in sizes:
-                cpu_started = _process_cpu()
-                started = time.perf_counter()
-                self._infer_all(batches[b])
-                times[b].append(time.perf_counter() - started)
-                cpu[b] += _process_cpu() - cpu_started
-        rows = {b: latency_row(times[b], b) for b in sizes}
-        for b, row in rows.items():
-            median_s = row["median_ms"] / 1000.0
-            row["instances"] = n
-            row["ms_per_image"] = round(median_s / (b * n) * 1000.0, 3)
-            row["images_per_s"] = round(b * n / median_s, 3)
-            row["cpu_ms_per_image"] = round(cpu[b] / (runs * b * n) * 1000.0, 3)
-        return rows
-
-    def throughput(self, batch: int, seconds: float) -> float:
-        """Images/s running batches of ``batch`` back to back for about ``seconds``, on every instance at once
-        (each instance free-running, as the server's are)."""
-        batches = [self.batch(batch, offset=i * batch) for i in range(max(1, len(self.tensors) // batch))]
-        started = time.perf_counter()
-
-        def worker(first: int) -> int:
-            runs = 0
-            while runs == 0 or time.perf_counter() - started < seconds:
-                self.backend.infer(batches[(first + runs) % len(batches)])
-                runs += 1
-            return runs * batch
-
-        if self.instances == 1:
-            images = worker(0)
-        else:
-            images = sum(f.result() for f in [self._pool.submit(worker, i) for i in range(self.instances)])
-        return images / (time.perf_counter() - started)
-
-    def close(self) -> None:
-        self._pool.shutdown()
-        self.backend.close()
-        del self.backend
-        gc.collect()
 
 
 async def _paired_latency(
@@ -398,39 +203,74 @@ def compare(
         ),
     }
     if batching:
-        with_ips = [r["with"]["images_per_s"] for r in batching]
-        without_ips = [r["without"]["images_per_s"] for r in batching]
-        with_median, without_median = statistics.median(with_ips), statistics.median(without_ips)
-        result["batching"] = {
-            "concurrency": batching[0]["with"]["concurrency"],
-            "rounds": len(batching),
-            "images_per_s_with_batching": round(with_median, 3),
-            "images_per_s_max_batch_size_1": round(without_median, 3),
-            "mean_batch_size_with_batching": statistics.median(
-                (r["with"].get("server") or {}).get("mean_batch_size") or 1.0 for r in batching
-            ),
-            "p50_ms_with_batching": statistics.median(r["with"]["latency_ms"]["p50"] or 0.0 for r in batching),
-            "p50_ms_max_batch_size_1": statistics.median(r["without"]["latency_ms"]["p50"] or 0.0 for r in batching),
-            "ratio": round(with_median / without_median, 4) if without_median else None,
-            "per_round_images_per_s": [{"with": w, "without": o} for w, o in zip(with_ips, without_ips)],
-        }
-    server_cpu = (best.get("server") or {}).get("process_cpu_ms_per_image")
-    raw_cpu = {b: row["cpu_ms_per_image"] for b, row in raw.items() if "cpu_ms_per_image" in row}
-    if server_cpu is not None and raw_cpu:
-        model_cpu = interpolate(raw_cpu, mean_batch)
-        client_cpu = (best.get("client") or {}).get("cpu_ms_per_image") or 0.0
-        result["cpu_per_image_ms"] = {
-            "server_process": server_cpu,
-            "raw_backend_at_that_batch": round(model_cpu, 3),
-            "service_overhead": round(server_cpu - model_cpu, 3),
-            "client": client_cpu,
-            # The share of the CPU spent per image that the raw backend spends too: a parity estimate that
-            # other load on the machine disturbs less than wall-clock throughput (per-process accounting is
-            # still only good to about ±10%: the raw backend's CPU per image varies with batch size and load).
-            "raw_share": round(model_cpu / (server_cpu + client_cpu), 4),
-        }
+        result["batching"] = _batching_effect(batching)
+    cpu = _cpu_per_image(best, raw, mean_batch)
+    if cpu is not None:
+        result["cpu_per_image_ms"] = cpu
     result["targets_met"] = targets
     return result
+
+
+def _batching_effect(batching: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the rounds at the highest concurrency with and without dynamic batching."""
+    with_ips = [r["with"]["images_per_s"] for r in batching]
+    without_ips = [r["without"]["images_per_s"] for r in batching]
+    with_median, without_median = statistics.median(with_ips), statistics.median(without_ips)
+    return {
+        "concurrency": batching[0]["with"]["concurrency"],
+        "rounds": len(batching),
+        "images_per_s_with_batching": round(with_median, 3),
+        "images_per_s_max_batch_size_1": round(without_median, 3),
+        "mean_batch_size_with_batching": statistics.median(
+            (r["with"].get("server") or {}).get("mean_batch_size") or 1.0 for r in batching
+        ),
+        "p50_ms_with_batching": statistics.median(r["with"]["latency_ms"]["p50"] or 0.0 for r in batching),
+        "p50_ms_max_batch_size_1": statistics.median(r["without"]["latency_ms"]["p50"] or 0.0 for r in batching),
+        "ratio": round(with_median / without_median, 4) if without_median else None,
+        "per_round_images_per_s": [{"with": w, "without": o} for w, o in zip(with_ips, without_ips)],
+    }
+
+
+def _cpu_per_image(best: dict[str, Any], raw: dict[int, dict[str, float]], mean_batch: float) -> dict[str, Any] | None:
+    """CPU per image of the server, the raw backend at the server's batch size and the client (None when the
+    sweep or the raw table did not measure it)."""
+    server_cpu = (best.get("server") or {}).get("process_cpu_ms_per_image")
+    raw_cpu = {b: row["cpu_ms_per_image"] for b, row in raw.items() if "cpu_ms_per_image" in row}
+    if server_cpu is None or not raw_cpu:
+        return None
+    model_cpu = interpolate(raw_cpu, mean_batch)
+    client_cpu = (best.get("client") or {}).get("cpu_ms_per_image") or 0.0
+    return {
+        "server_process": server_cpu,
+        "raw_backend_at_that_batch": round(model_cpu, 3),
+        "service_overhead": round(server_cpu - model_cpu, 3),
+        "client": client_cpu,
+        # The share of the CPU spent per image that the raw backend spends too: a parity estimate that
+        # other load on the machine disturbs less than wall-clock throughput (per-process accounting is
+        # still only good to about ±10%: the raw backend's CPU per image varies with batch size and load).
+        "raw_share": round(model_cpu / (server_cpu + client_cpu), 4),
+    }
+
+
+def _throughput_pair(
+    raw: RawBackend, url: str, concurrency: int, load: dict[str, Any], duration_s: float
+) -> dict[str, Any]:
+    """One paired-throughput round: HTTP at ``concurrency``, then the raw backend at the batch size the server
+    formed (interpolated between its neighbours)."""
+    short = {**load, "duration_s": duration_s, "warmup_s": 0.5, "progress": None}
+    [step] = run_loadtest(LoadTestConfig(url=url, levels=[concurrency], **short))["steps"]
+    formed = (step.get("server") or {}).get("mean_batch_size") or 1.0
+    sizes = sorted({math.floor(formed), math.ceil(formed)})
+    raw_ips = {b: raw.throughput(b, duration_s / len(sizes)) for b in sizes}
+    raw_at = interpolate(raw_ips, formed)
+    return {
+        "concurrency": concurrency,
+        "http_images_per_s": step["images_per_s"],
+        "mean_batch_size": formed,
+        "raw_images_per_s": {str(b): round(v, 3) for b, v in raw_ips.items()},
+        "raw_images_per_s_at_that_batch": round(raw_at, 3),
+        "ratio": round(step["images_per_s"] / raw_at, 4),
+    }
 
 
 def run_service_bench(
@@ -497,23 +337,12 @@ def run_service_bench(
             best = max(sweep["steps"], key=lambda st: st["images_per_s"])
             for index in range(throughput_rounds):
                 say(f"paired throughput round {index + 1}/{throughput_rounds}: HTTP c={best['concurrency']}, then raw")
-                short = {**load, "duration_s": throughput_duration_s, "warmup_s": 0.5, "progress": None}
-                [step] = run_loadtest(LoadTestConfig(url=batched.url, levels=[best["concurrency"]], **short))["steps"]
-                formed = (step.get("server") or {}).get("mean_batch_size") or 1.0
-                sizes = sorted({math.floor(formed), math.ceil(formed)})
-                raw_ips = {b: raw.throughput(b, throughput_duration_s / len(sizes)) for b in sizes}
-                raw_at = interpolate(raw_ips, formed)
-                pairs.append(
-                    {
-                        "concurrency": best["concurrency"],
-                        "http_images_per_s": step["images_per_s"],
-                        "mean_batch_size": formed,
-                        "raw_images_per_s": {str(b): round(v, 3) for b, v in raw_ips.items()},
-                        "raw_images_per_s_at_that_batch": round(raw_at, 3),
-                        "ratio": round(step["images_per_s"] / raw_at, 4),
-                    }
+                pair = _throughput_pair(raw, batched.url, best["concurrency"], load, throughput_duration_s)
+                pairs.append(pair)
+                say(
+                    f"  HTTP {pair['http_images_per_s']:.2f} img/s (batch {pair['mean_batch_size']}) vs raw "
+                    f"{pair['raw_images_per_s_at_that_batch']:.2f} img/s"
                 )
-                say(f"  HTTP {step['images_per_s']:.2f} img/s (batch {formed}) vs raw {raw_at:.2f} img/s")
             if single is not None:
                 for index in range(batching_rounds):
                     say(
@@ -566,3 +395,16 @@ def run_service_bench(
         },
         "comparison": compare(merged, sweep, paired, rounds or None, pairs or None),
     }
+
+
+__all__ = [  # the process and raw-backend helpers are re-exported: tests and benchmarks import them from here
+    "RawBackend",
+    "ServerProcess",
+    "compare",
+    "free_port",
+    "interpolate",
+    "median_confidence_interval",
+    "run_service_bench",
+    "server_inputs",
+    "stop_process",
+]
