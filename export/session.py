@@ -192,14 +192,12 @@ class OrtSession:
             raise SessionError(f"onnxruntime cannot load {str(self.path)!r}: {exc}") from exc
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
+        #: The first provider is a GPU one: ``run`` uses I/O binding (fixed for the session's life).
+        self.on_gpu = self.providers[0] in GPU_PROVIDERS
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
-
-    @property
-    def on_gpu(self) -> bool:
-        return self.providers[0] in GPU_PROVIDERS
 
     @property
     def input_size(self) -> tuple[int, int] | None:
