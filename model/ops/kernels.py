@@ -65,22 +65,21 @@ def _unavailable(device_type: str) -> str:
 def select_kernels(mode: str, device: str | torch.device) -> KernelChoice:
     """Apply ``--kernels mode`` for a model on ``device`` ("cpu", "cuda", "cuda:1", "auto", a torch.device).
 
-    Registers the fused kernels for CUDA tensors (``fused``) or restores the references (``reference``),
-    logs the choice at INFO and returns it. Raises ``ValueError`` for an unknown mode and
+    ``fused``: registers the kernels for CUDA tensors. ``off`` restores the references; ``auto`` without
+    usable kernels leaves the registration alone (nothing fused can be registered then). Logs the choice at
+    INFO and returns it. Raises ``ValueError`` for an unknown mode and
     :class:`KernelsUnavailableError` (with the reason) for ``on`` when the kernels cannot run.
     """
     if mode not in KERNEL_MODES:
         raise ValueError(f"unknown kernels mode {mode!r}; expected one of {', '.join(KERNEL_MODES)}")
     if mode == "off":
         cuda_ops.disable_kernels()
-        choice = KernelChoice("off", "reference", "fused kernels switched off")
+        choice = KernelChoice(mode, "reference", "fused kernels switched off")
     else:
         reason = _unavailable(_device_type(device))
         if reason and mode == "on":
-            cuda_ops.disable_kernels()
             raise KernelsUnavailableError(f"--kernels on: the fused CUDA kernels cannot run: {reason}")
-        if reason:
-            cuda_ops.disable_kernels()
+        if reason:  # nothing is registered: the CUDA registration does not concern this device
             choice = KernelChoice(mode, "reference", reason)
         else:
             if not cuda_ops.enable_kernels():  # the backend was found above; this only registers
