@@ -206,3 +206,78 @@ def test_enqueue_matches_the_reference(harness: Path, tmp_path: Path, case: str)
     want = want.double().numpy().reshape(got.shape)
     rel = float(np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1.0))
     assert rel <= (FP16_REL if dtype == np.float16 else FP32_REL), rel
+
+
+# ------------------------------------------------------------------------------------------------
+# the same cases through the ONNX Runtime CUDA custom ops (build/cuda/ort/libfaseg_ort_ops.so)
+# ------------------------------------------------------------------------------------------------
+
+ORT_CUDA_LIBRARY = BUILD / "ort" / "libfaseg_ort_ops.so"
+INPUT_NAMES = {
+    MSDA: ["value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights"],
+    TOPK: ["query", "feat", "pos", "coarse_attn", "in_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias"],
+}
+
+
+def ort_cuda_unavailable() -> str:
+    """Why the ORT CUDA ops cannot run here ("" when they can). Never a failure: the lent GPU machines have
+    the CPU-only `onnxruntime` package, and onnxruntime-gpu cannot be installed there."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime as ort
+    except ImportError as exc:
+        return f"onnx / onnxruntime not importable: {exc}"
+    providers = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        return (
+            f"onnxruntime {ort.__version__} ({Path(ort.__file__).parent}) offers {providers}: no "
+            "CUDAExecutionProvider, so the CUDA custom ops cannot run (they need the onnxruntime-gpu package)"
+        )
+    if not ORT_CUDA_LIBRARY.is_file():
+        return f"{ORT_CUDA_LIBRARY} missing: run `bash export/plugins/build_cuda.sh`"
+    return ""
+
+
+def _one_node_model(plugin: str, fields: dict[str, int], inputs: list[np.ndarray], out_dims, out_dtype) -> bytes:
+    import onnx
+    from faseg.export import custom_ops
+    from onnx import TensorProto, helper
+
+    elem = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
+            np.dtype(np.int32): TensorProto.INT32}  # fmt: skip
+    names = INPUT_NAMES[plugin]
+    node = helper.make_node(plugin, names, ["out"], domain=custom_ops.DOMAIN, **fields)
+    graph = helper.make_graph(
+        [node],
+        f"{plugin}_cuda",
+        [helper.make_tensor_value_info(n, elem[a.dtype], list(a.shape)) for n, a in zip(names, inputs)],
+        [helper.make_tensor_value_info("out", elem[np.dtype(out_dtype)], list(out_dims))],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(custom_ops.DOMAIN, custom_ops.DOMAIN_VERSION)],
+        ir_version=10,
+    )
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(CASES))
+def test_ort_cuda_op_matches_the_reference(case: str) -> None:
+    reason = ort_cuda_unavailable()
+    if reason:
+        pytest.skip(reason)
+    import onnxruntime as ort
+
+    plugin, fields, inputs, want = CASES[case]()
+    out_dims = _expected_dims(plugin, inputs)
+    model = _one_node_model(plugin, fields, inputs, out_dims, inputs[0].dtype)
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(ORT_CUDA_LIBRARY))
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")  # the node must run on CUDA
+    session = ort.InferenceSession(model, options, providers=["CUDAExecutionProvider"])
+    (got,) = session.run(None, dict(zip(INPUT_NAMES[plugin], inputs)))
+    want = want.double().numpy().reshape(got.shape)
+    rel = float(np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1.0))
+    assert rel <= (FP16_REL if got.dtype == np.float16 else FP32_REL), rel
