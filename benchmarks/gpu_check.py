@@ -182,7 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         report["install"] = {"faseg": f"PYTHONPATH shim {site} -> {REPO} (no pip install, no dependencies)"}
         report["facts"] = probe(args.python, env)
-        if not report["facts"].get("cuda_available") and not args.rehearse:
+        if "probe_error" in report["facts"]:
+            report.update(status="failed", reason=f"{args.python} cannot import torch and faseg: "
+                          f"{report['facts']['probe_error']}")  # fmt: skip
+        elif not report["facts"].get("cuda_available") and not args.rehearse:
             report.update(
                 status="skipped",
                 reason=f"no CUDA device (torch {report['facts'].get('torch', '?')} sees none); nothing ran",
@@ -235,7 +238,7 @@ def summary(report: dict, out: Path) -> list[str]:
     lines = [
         f"gpu_check: {report['status'].upper()} on {where} (torch {facts.get('torch')}, {facts.get('nvidia_smi', '')})"
     ]
-    if report["status"] == "skipped":
+    if "reason" in report:
         lines.append(f"  {report['reason']}")
     for step in report["steps"]:
         line = f"  {step['step']:<8} rc={step['rc']} {step['seconds']:6.1f} s"

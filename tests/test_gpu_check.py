@@ -120,3 +120,13 @@ def test_bench_gpu_ratios_and_summary() -> None:
     text = "\n".join(bench.summary(result))
     assert "torch_kernels_vs_reference_b8_bf16" in text and "NOT met" in text
     assert "b8_bf16" in text and "100.0" in text
+
+
+def test_gpu_check_reports_an_interpreter_that_cannot_import_torch(tmp_path: Path) -> None:
+    python = tmp_path / "python3"
+    python.write_text("#!/bin/sh\necho \"ModuleNotFoundError: No module named 'torch'\" >&2\nexit 1\n")
+    python.chmod(0o755)
+    proc = _run(GPU_CHECK, "--out", str(tmp_path / "out"), "--python", str(python))
+    assert proc.returncode == 1
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["status"] == "failed" and "No module named 'torch'" in report["reason"] and report["steps"] == []
