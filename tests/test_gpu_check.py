@@ -60,10 +60,10 @@ def test_gpu_check_rejects_an_unknown_step(tmp_path: Path) -> None:
 
 
 @needs_no_cuda
-def test_bench_gpu_without_cuda_skips_cleanly(tmp_path: Path) -> None:
-    proc = _run(BENCH_GPU, "--out", str(tmp_path), "--no-save")
-    assert proc.returncode == 0, proc.stderr
-    assert "bench_gpu: skipped" in proc.stdout and "no CUDA device" in proc.stdout
+def test_bench_gpu_without_cuda_skips_cleanly(tmp_path: Path, capsys) -> None:
+    assert _bench_module().main(["--out", str(tmp_path), "--no-save"]) == 0
+    stdout = capsys.readouterr().out
+    assert "bench_gpu: skipped" in stdout and "no CUDA device" in stdout
     result = json.loads((tmp_path / "bench_gpu.json").read_text())
     assert result["status"] == "skipped" and result["parts"] == ["ops", "e2e", "hf"]
 
@@ -76,9 +76,10 @@ def test_bench_gpu_without_cuda_skips_cleanly(tmp_path: Path) -> None:
         (["--batches", "eight"], "expected comma-separated batch sizes"),
     ],
 )
-def test_bench_gpu_argument_errors(args: list[str], message: str) -> None:
-    proc = _run(BENCH_GPU, *args, "--no-save")
-    assert proc.returncode == 2 and message in proc.stderr
+def test_bench_gpu_argument_errors(args: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        _bench_module().main([*args, "--no-save"])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_bench_gpu_parses_its_arguments() -> None:
