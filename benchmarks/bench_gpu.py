@@ -178,31 +178,39 @@ def hf_mask2former_r50():
     return Mask2FormerForUniversalSegmentation(config).eval()
 
 
-def bench_hf(args: argparse.Namespace) -> dict:
-    """HF Mask2Former-R50 eager: uint8 images to the GPU, normalise, forward, semantic post-processing (as
+def bench_hf(
+    args: argparse.Namespace,
+    *,
+    device: str = "cuda",
+    size: tuple[int, int] = SIZE,
+    precisions: tuple[str, ...] = ("fp32", "bf16"),
+) -> dict:
+    """HF Mask2Former-R50 eager: uint8 images to the device, normalise, forward, semantic post-processing (as
     ``post_process_semantic_segmentation``: masks at 384², class softmax without null × mask sigmoid, resize to
-    512², argmax), labels back on the host."""
+    the input size, argmax), labels back on the host. Keys ``b<batch>_<precision>``."""
     import torch.nn.functional as F
 
-    model = hf_mask2former_r50().cuda()
-    mean = torch.tensor(IMAGENET_MEAN, device="cuda").view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device="cuda").view(1, 3, 1, 1)
+    model = hf_mask2former_r50().to(device)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    dtypes = {"fp32": None, "bf16": torch.bfloat16}
 
     def run(images: np.ndarray, dtype: torch.dtype | None) -> np.ndarray:
-        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
-            x = torch.from_numpy(images).cuda().permute(0, 3, 1, 2).float()
+        autocast = torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+        with torch.inference_mode(), autocast:
+            x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float()
             outputs = model(pixel_values=(x - mean) / std)
             masks = F.interpolate(outputs.masks_queries_logits, size=(384, 384), mode="bilinear", align_corners=False)
             classes = outputs.class_queries_logits.softmax(dim=-1)[..., :-1]
             scores = torch.einsum("bqc,bqhw->bchw", classes, masks.sigmoid())
-            scores = F.interpolate(scores, size=SIZE, mode="bilinear", align_corners=False)
+            scores = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
             return scores.argmax(dim=1).to(torch.uint8).cpu().numpy()
 
     out: dict = {"params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2)}
-    for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+    for precision in precisions:
         for batch in args.batches:
-            images = _images(batch)
-            timing = host_time_ms(lambda x=images, d=dtype: run(x, d), args.runs, args.warmup)
+            images = _images(batch, size)
+            timing = host_time_ms(lambda x=images, d=dtypes[precision]: run(x, d), args.runs, args.warmup)
             timing["images_per_s"] = batch * 1000 / timing["p50_ms"]
             out[f"b{batch}_{precision}"] = timing
     return out

@@ -91,9 +91,9 @@ def test_bench_gpu_end_to_end_loop_runs_on_cpu() -> None:
     """The loop the GPU run takes, on CPU: the torch backend on uint8 images, keys named by the kernel path."""
     bench = _bench_module()
     args = argparse.Namespace(batches=[1, 2], runs=1, warmup=0)
-    out = bench.bench_e2e(args, device="cpu", preset="faseg_tiny", size=(256, 256), precisions=("fp32",),
+    out = bench.bench_e2e(args, device="cpu", preset="faseg_tiny", size=(256, 256), precisions=("fp32", "bf16"),
                           kernel_modes=("auto", "off"))  # fmt: skip
-    assert sorted(out) == ["b1_fp32_reference", "b2_fp32_reference"]
+    assert sorted(out) == ["b1_bf16_reference", "b1_fp32_reference", "b2_bf16_reference", "b2_fp32_reference"]
     assert all(v["p50_ms"] > 0 and v["images_per_s"] > 0 for v in out.values())
 
 
@@ -131,3 +131,12 @@ def test_gpu_check_reports_an_interpreter_that_cannot_import_torch(tmp_path: Pat
     assert proc.returncode == 1
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert report["status"] == "failed" and "No module named 'torch'" in report["reason"] and report["steps"] == []
+
+
+@pytest.mark.slow
+def test_bench_gpu_hf_peer_runs_on_cpu() -> None:
+    """The HF Mask2Former-R50 peer (built from ResNetConfig, about 20 s on 2 cores) at a small size on CPU."""
+    out = _bench_module().bench_hf(argparse.Namespace(batches=[1], runs=1, warmup=0), device="cpu", size=(64, 64),
+                                   precisions=("fp32", "bf16"))  # fmt: skip
+    assert 40 < out["params_m"] < 50  # ResNet-50 (23.5 M) + Mask2Former head
+    assert out["b1_fp32"]["p50_ms"] > 0 and out["b1_bf16"]["images_per_s"] > 0
