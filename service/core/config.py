@@ -175,6 +175,8 @@ class Settings(BaseSettings):
             if backend is not None and backend != implied:
                 raise ValueError(f"backend {backend!r} cannot run model {str(self.model)!r} (a {implied} model)")
             backend = implied
+        if self.kernels == "on" and backend is not None and backend != "torch":
+            raise ValueError(f"kernels 'on' applies to the torch backend only, not {backend}")
         if backend == "tensorrt" and self.device != "cuda":
             raise ValueError("backend tensorrt needs device cuda")
         if backend == "tensorrt" and self.instances > 1:

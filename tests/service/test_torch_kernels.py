@@ -40,6 +40,9 @@ def test_kernels_flag_and_default() -> None:
         _parse("--kernels", "fast")
     with pytest.raises(ValidationError, match="kernels"):
         Settings(kernels="fast")
+    with pytest.raises(ValidationError, match="kernels 'on' applies to the torch backend only, not onnxruntime"):
+        Settings(kernels="on", backend="onnxruntime")
+    assert Settings(kernels="on", backend="torch", device="cuda").kernels == "on"
 
 
 def test_kernels_on_without_cuda_refuses_to_load() -> None:
