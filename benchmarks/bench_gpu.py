@@ -157,15 +157,21 @@ def bench_e2e(
     classes = tuple(f"class{i}" for i in range(module.model.num_classes))
     info = ModelInfo(name=preset, classes=classes, palette=(), input_size=size)
     out: dict = {}
+    errors: dict[str, str] = {}
     for precision in precisions:
         for kernels in kernel_modes:
-            backend = TorchBackend(module, info, device=device, max_batch_size=max(args.batches),
-                                   precision=precision, kernels=kernels)  # fmt: skip
-            for batch in args.batches:
-                images = _images(batch, size)
-                timing = host_time_ms(lambda b=backend, x=images: b.infer(x), args.runs, args.warmup)
-                timing["images_per_s"] = batch * 1000 / timing["p50_ms"]
-                out[f"b{batch}_{precision}_{backend.kernels.path}"] = timing
+            try:  # a failing configuration (say, kernels on) must not lose the others' numbers
+                backend = TorchBackend(module, info, device=device, max_batch_size=max(args.batches),
+                                       precision=precision, kernels=kernels)  # fmt: skip
+                for batch in args.batches:
+                    images = _images(batch, size)
+                    timing = host_time_ms(lambda b=backend, x=images: b.infer(x), args.runs, args.warmup)
+                    timing["images_per_s"] = batch * 1000 / timing["p50_ms"]
+                    out[f"b{batch}_{precision}_{backend.kernels.path}"] = timing
+            except Exception as exc:
+                errors[f"{precision}_kernels_{kernels}"] = f"{type(exc).__name__}: {exc}"
+    if errors:
+        out["errors"] = errors
     return out
 
 
@@ -251,7 +257,7 @@ def summary(result: dict) -> list[str]:
     e2e, hf = result.get("e2e") or {}, result.get("hf") or {}
     if e2e:
         lines.append(f"  {'config':<12} {'ours fused':>18} {'ours reference':>18} {'HF M2F-R50':>18}   (p50 ms, img/s)")
-        for key in sorted({k.rsplit("_", 1)[0] for k in e2e}):
+        for key in sorted({k.rsplit("_", 1)[0] for k, v in e2e.items() if "p50_ms" in v}):
             cells = [e2e.get(f"{key}_fused"), e2e.get(f"{key}_reference"), hf.get(key)]
             text = [f"{c['p50_ms']:8.1f} {c['images_per_s']:7.1f}" if c else f"{'-':>16}" for c in cells]
             lines.append(f"  {key:<12} " + " ".join(f"{t:>18}" for t in text))
@@ -279,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:  # one failed part must not lose the others' numbers
                 errors[part] = traceback.format_exc()
             result.setdefault("seconds", {})[part] = round(time.monotonic() - started, 1)
+        if (result.get("e2e") or {}).get("errors"):
+            errors["e2e"] = json.dumps(result["e2e"]["errors"])
         result["errors"] = errors
         result["ratios"] = ratios(result)
         if errors:

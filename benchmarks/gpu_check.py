@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE_FOLDERS = {"model": "model", "export": "export", "service": "service"}  # faseg.<name> -> <repo>/<folder>
 STEPS = ("kernels", "harness", "bench")
 EXIT_OK, EXIT_FAILED, EXIT_NO_CUDA = 0, 1, 3
-TIMEOUTS_S = {"kernels": 120, "harness": 60, "bench": 170}  # worst case 350 s + start-up: under 6 minutes
+TIMEOUTS_S = {"kernels": 120, "harness": 80, "bench": 160}  # worst case 360 s; typically about half
 WHEEL_MODULES = ("pydantic", "pydantic_settings")
 
 

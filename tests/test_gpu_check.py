@@ -88,11 +88,15 @@ def test_bench_gpu_parses_its_arguments() -> None:
 
 
 def test_bench_gpu_end_to_end_loop_runs_on_cpu() -> None:
-    """The loop the GPU run takes, on CPU: the torch backend on uint8 images, keys named by the kernel path."""
+    """The loop the GPU run takes, on CPU: the torch backend on uint8 images, keys named by the kernel path; a
+    configuration that cannot run (kernels on without CUDA) is recorded and the others still run."""
     bench = _bench_module()
     args = argparse.Namespace(batches=[1, 2], runs=1, warmup=0)
     out = bench.bench_e2e(args, device="cpu", preset="faseg_tiny", size=(256, 256), precisions=("fp32", "bf16"),
-                          kernel_modes=("auto", "off"))  # fmt: skip
+                          kernel_modes=("on", "off"))  # fmt: skip
+    errors = out.pop("errors")
+    assert sorted(errors) == ["bf16_kernels_on", "fp32_kernels_on"]
+    assert "BackendError: --kernels on: the fused CUDA kernels cannot run: no CUDA device" in errors["fp32_kernels_on"]
     assert sorted(out) == ["b1_bf16_reference", "b1_fp32_reference", "b2_bf16_reference", "b2_fp32_reference"]
     assert all(v["p50_ms"] > 0 and v["images_per_s"] > 0 for v in out.values())
 
