@@ -6,7 +6,7 @@ STAMP   = $(VENV)/.installed
 # OpenMP threads that spin-wait make each step of a CPU job many times slower on a shared 2-core machine.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup test test-slow test-all lint info serve custom-ops cuda-check container-check clean
+.PHONY: setup test test-slow test-all lint info serve custom-ops cuda-check gpu-check container-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ custom-ops: setup
 
 cuda-check: setup
 	bash export/plugins/build_cuda.sh
+
+# The one device check (docs/gpu.md): kernels vs references, TensorRT plugins through IPluginV3, bench_gpu.
+# Needs a CUDA GPU and build/cuda from `make cuda-check`; no setup (the GPU machine's own python3 and torch).
+# Exit 3 without a CUDA device. Results: $(OUT) when set, else build/gpu_check.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out $(or $(OUT),build/gpu_check)
 
 # Builds the CPU image with podman and runs tests/deployment (incl. the slow image and compose-stack tests).
 container-check: setup

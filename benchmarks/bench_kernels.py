@@ -9,7 +9,7 @@ Three measurements, each with CUDA events after warm-up, median of ``--runs``:
 2. **HRCA** at 512×512, batch 8 (1/4 map 128×128, S0 = 256, k = 8 windows of 8×8, C = 256, 8 heads,
    Q = 100): reference vs kernel, both modes.
 3. **End to end**: the torch CUDA backend (``--preset``, random weights, eval, ``--size``, ``--batch``)
-   with vs without ``faseg.export.torch_ops.enable_kernels()``.
+   with vs without ``faseg.export.cuda_ops.enable_kernels()``.
 
     .venv/bin/python benchmarks/bench_kernels.py                        # all three, faseg_r50_ade20k
     .venv/bin/python benchmarks/bench_kernels.py --only msda --runs 50
@@ -64,8 +64,8 @@ def msda_inputs(batch: int, dtype: torch.dtype, *, requires_grad: bool = False):
 
 
 def bench_msda(args: argparse.Namespace) -> dict:
-    from faseg.export import torch_ops
     from faseg.model import ops as model_ops
+    from faseg.model.ops import cuda_ops
 
     out: dict[str, dict] = {}
     shapes = MSDA_SHAPES_512
@@ -78,7 +78,7 @@ def bench_msda(args: argparse.Namespace) -> dict:
                 args.warmup,
             )
             ker = cuda_time_ms(
-                lambda inputs=inputs: torch_ops.ms_deform_attn(inputs[0], shapes, inputs[1], inputs[2]),
+                lambda inputs=inputs: cuda_ops.ms_deform_attn(inputs[0], shapes, inputs[1], inputs[2]),
                 args.runs,
                 args.warmup,
             )
@@ -97,7 +97,7 @@ def bench_msda(args: argparse.Namespace) -> dict:
         return run
 
     ref = cuda_time_ms(step(model_ops.ms_deform_attn_reference), max(args.runs // 2, 3), args.warmup)
-    ker = cuda_time_ms(step(torch_ops.ms_deform_attn), max(args.runs // 2, 3), args.warmup)
+    ker = cuda_time_ms(step(cuda_ops.ms_deform_attn), max(args.runs // 2, 3), args.warmup)
     out["forward_backward_float32"] = {"reference": ref, "kernel": ker, "speedup": ref["median_ms"] / ker["median_ms"]}
     out["target_forward_float32_speedup"] = TARGET_MSDA_SPEEDUP
     out["meets_target"] = out["forward_float32"]["speedup"] >= TARGET_MSDA_SPEEDUP
@@ -106,8 +106,8 @@ def bench_msda(args: argparse.Namespace) -> dict:
 
 
 def bench_hrca(args: argparse.Namespace) -> dict:
-    from faseg.export import torch_ops
     from faseg.model import ops as model_ops
+    from faseg.model.ops import cuda_ops
 
     g = torch.Generator(device="cuda").manual_seed(0)
     n, q, c, heads, level0, window = args.batch, 100, 256, 8, (16, 16), 8
@@ -129,7 +129,7 @@ def bench_hrca(args: argparse.Namespace) -> dict:
                 args.runs, args.warmup,
             )  # fmt: skip
             ker = cuda_time_ms(
-                lambda mode=mode: torch_ops.topk_cross_attention(*tensors, heads, level0, mode, 32),
+                lambda mode=mode: cuda_ops.topk_cross_attention(*tensors, heads, level0, mode, 32),
                 args.runs, args.warmup,
             )  # fmt: skip
             out[mode] = {"reference": ref, "kernel": ker, "speedup": ref["median_ms"] / ker["median_ms"]}
@@ -138,8 +138,8 @@ def bench_hrca(args: argparse.Namespace) -> dict:
 
 
 def bench_end_to_end(args: argparse.Namespace) -> dict:
-    from faseg.export import torch_ops
     from faseg.model.faseg import build_model
+    from faseg.model.ops import cuda_ops
     from faseg.model.presets import get_preset
     from faseg.model.summary import parse_size
 
@@ -151,11 +151,11 @@ def bench_end_to_end(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         for label, enable in (("reference", False), ("kernels", True)):
             if enable:
-                assert torch_ops.enable_kernels(), torch_ops.unavailable_reason()
+                assert cuda_ops.enable_kernels(), cuda_ops.unavailable_reason()
             else:
-                torch_ops.disable_kernels()
+                cuda_ops.disable_kernels()
             out[label] = cuda_time_ms(lambda: model(images), max(args.runs // 4, 3), max(args.warmup // 2, 2))
-        torch_ops.disable_kernels()
+        cuda_ops.disable_kernels()
     out["speedup"] = out["reference"]["median_ms"] / out["kernels"]["median_ms"]
     out["setup"] = {"preset": args.preset, "size": [h, w], "batch": args.batch}
     return out
@@ -176,15 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("bench_kernels: no CUDA device; this benchmark needs a GPU", file=sys.stderr)
         return 2
-    from faseg.export import cuda_kernels
+    from faseg.model.ops import cuda_library
 
     if args.backend == "ctypes":
-        cuda_kernels.set_backend(cuda_kernels.load_library())
+        cuda_library.set_backend(cuda_library.load_library())
     elif args.backend == "extension":
-        cuda_kernels.set_backend(cuda_kernels.build_extension(verbose=True))
-    backend = cuda_kernels.kernel_backend()
+        cuda_library.set_backend(cuda_library.build_extension(verbose=True))
+    backend = cuda_library.kernel_backend()
     if backend is None:
-        print(f"bench_kernels: kernels unavailable: {cuda_kernels.unavailable_reason()}", file=sys.stderr)
+        print(f"bench_kernels: kernels unavailable: {cuda_library.unavailable_reason()}", file=sys.stderr)
         return 2
 
     parts = args.only or ["msda", "hrca", "e2e"]

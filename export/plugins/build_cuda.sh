@@ -12,6 +12,8 @@
 #     torch headers (object only, in the background during the CMake build) when torch is importable;
 #   - runs the host-only plugin harness (tensorrt/tests/plugin_host_check.cpp; no GPU, no TensorRT
 #     runtime) and writes BUILD_DIR/plugin_host_check.json;
+#   - builds the GPU harness BUILD_DIR/tensorrt/faseg_trt_plugin_harness (tensorrt/tests/plugin_harness.cpp:
+#     the IPluginV3 call sequence with enqueue; run by tests/export/test_trt_plugin_harness.py);
 #   - writes BUILD_DIR/compile_check.json (what was built, for which architectures, how long).
 # The CUDA architectures are FASEG_CUDA_ARCHITECTURES (default "80-real;90": sm_80 and sm_90 machine
 # code plus compute_90 PTX).
@@ -112,7 +114,8 @@ kernels=$build_dir/cuda/libfaseg_cuda_kernels.so
 plugins=$build_dir/tensorrt/libfaseg_trt_plugins.so
 ort_ops=$build_dir/ort/libfaseg_ort_ops.so
 harness=$build_dir/tensorrt/faseg_trt_plugin_host_check
-for f in "$kernels" "$plugins" "$ort_ops" "$harness"; do [[ -f $f ]] || die "$f was not produced"; done
+gpu_harness=$build_dir/tensorrt/faseg_trt_plugin_harness  # driven by tests/export/test_trt_plugin_harness.py
+for f in "$kernels" "$plugins" "$ort_ops" "$harness" "$gpu_harness"; do [[ -f $f ]] || die "$f was not produced"; done
 
 log "running the host-only plugin check"
 "$harness" "$plugins" >"$build_dir/plugin_host_check.json" || die "plugin host check failed (see $build_dir/plugin_host_check.json)"

@@ -37,3 +37,14 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config field (dotted key, JSON value), repeatable",
     )
+
+
+def add_kernels_option(parser: argparse.ArgumentParser) -> None:
+    """The shared ``--kernels auto|on|off`` option (``faseg.model.ops.kernels.select_kernels``)."""
+    parser.add_argument(
+        "--kernels",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="FASeg's fused CUDA kernels for the attention ops (auto: on CUDA when the kernel library is built; "
+        "on: fail if they cannot run; off: PyTorch references)",
+    )

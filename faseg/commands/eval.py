@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
+
+from . import CLIError, add_kernels_option
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -31,15 +34,18 @@ def run(args: argparse.Namespace) -> int:
     from faseg.model.data import build_dataset
     from faseg.model.demo import demo_checkpoint_dir
     from faseg.model.evaluation import format_results
+    from faseg.model.ops.kernels import KernelsUnavailableError, select_kernels
     from faseg.model.train import data_recipe, evaluate, setup_distributed
-
-    from . import CLIError
 
     checkpoint = args.checkpoint or str(demo_checkpoint_dir())
     if args.threads:
         torch.set_num_threads(args.threads)
     info = setup_distributed(args.device)
     try:
+        try:
+            print(select_kernels(args.kernels, info.device).summary(), file=sys.stderr)
+        except KernelsUnavailableError as exc:
+            raise CLIError(str(exc)) from None
         model = from_pretrained(checkpoint, device=info.device)
         dataset = build_dataset(args.data, split=args.split)
         if dataset.num_classes != model.num_classes:
@@ -91,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", type=int, default=1, help="images per forward pass (default 1, as official)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    add_kernels_option(parser)
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object (miou, per_class_iou, pixel_acc, ...)"
     )

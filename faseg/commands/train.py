@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from . import CLIError, add_overrides
+from . import CLIError, add_kernels_option, add_overrides
 
 # Official schedule lengths (spec §3.4, §3.7); anything else gets the ADE20K length.
 _DEFAULT_ITERS = {"ade20k": 160_000, "cityscapes": 90_000}
@@ -85,9 +86,14 @@ def config_from_args(args: argparse.Namespace):  # -> faseg.model.train.TrainCon
 def run(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
+    from faseg.model.ops.kernels import KernelsUnavailableError, select_kernels
     from faseg.model.train import main
 
     cfg = config_from_args(args)
+    try:
+        print(select_kernels(args.kernels, args.device).summary(), file=sys.stderr)
+    except KernelsUnavailableError as exc:
+        raise CLIError(str(exc)) from None
     rank = 0
     try:
         summary = main(cfg)
@@ -165,5 +171,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume on CPU)")
     run_.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK)")
     run_.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_kernels_option(run_)
     add_overrides(parser)
     parser.set_defaults(func=run)

@@ -35,6 +35,7 @@ def load_backend(settings: Settings) -> Backend:
             max_batch_size=settings.max_batch_size,
             precision=settings.precision,
             intra_op_threads=settings.intra_op_threads,
+            kernels=settings.kernels,
         )
     from .tensorrt import TensorRTBackend
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from faseg.model import load_serving_module
+from faseg.model.ops.kernels import KernelsUnavailableError, select_kernels
 from torch import nn
 
 from .base import Backend, BackendError, BackendOutOfMemory, BackendOutput, ContractError, ModelInfo
@@ -50,6 +51,7 @@ class TorchBackend(Backend):
         max_batch_size: int = 8,
         precision: str = "fp32",
         intra_op_threads: int = 0,
+        kernels: str = "auto",
     ):
         super().__init__(info, device=device, max_batch_size=max_batch_size, precision=precision)
         if device == "cuda" and not torch.cuda.is_available():
@@ -58,6 +60,10 @@ class TorchBackend(Backend):
             raise BackendError("precision fp16 needs device cuda")
         if intra_op_threads > 0:
             torch.set_num_threads(intra_op_threads)
+        try:  # the attention ops' path (fused CUDA kernels or references), reported by details()
+            self.kernels = select_kernels(kernels, device)
+        except KernelsUnavailableError as exc:
+            raise BackendError(str(exc)) from exc
         self._device = torch.device(device)
         self._module = module.eval().to(self._device)
 
@@ -75,7 +81,7 @@ class TorchBackend(Backend):
         return cls(module, info, **kwargs)
 
     def details(self) -> dict[str, Any]:
-        return {"torch": torch.__version__}
+        return {"torch": torch.__version__, "kernels": self.kernels.path}
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:

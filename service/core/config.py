@@ -21,6 +21,7 @@ DeviceName = Literal["cpu", "cuda"]
 Precision = Literal["fp32", "fp16", "bf16"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+KernelMode = Literal["auto", "on", "off"]
 
 MiB = 1024 * 1024
 # Pillow raises DecompressionBombError above twice its MAX_IMAGE_PIXELS default (2 × 89,478,485); a larger
@@ -77,6 +78,11 @@ class Settings(BaseSettings):
     precision: Precision = Field(
         "fp32",
         description="torch: autocast dtype on CUDA; onnxruntime TensorRT EP: fp16 builds fp16 engines.",
+    )
+    kernels: KernelMode = Field(
+        "auto",
+        description="torch backend: FASeg's fused CUDA kernels (auto: on CUDA when the kernel library is built; "
+        "on: fail if they cannot run; off: PyTorch references). GET /v1/models reports the path.",
     )
     model_name: str | None = Field(
         None,
@@ -169,6 +175,8 @@ class Settings(BaseSettings):
             if backend is not None and backend != implied:
                 raise ValueError(f"backend {backend!r} cannot run model {str(self.model)!r} (a {implied} model)")
             backend = implied
+        if self.kernels == "on" and backend is not None and backend != "torch":
+            raise ValueError(f"kernels 'on' applies to the torch backend only, not {backend}")
         if backend == "tensorrt" and self.device != "cuda":
             raise ValueError("backend tensorrt needs device cuda")
         if backend == "tensorrt" and self.instances > 1:

@@ -23,7 +23,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from faseg.export import cuda_kernels, custom_ops
+from faseg.export import custom_ops
+from faseg.model.ops import cuda_library
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = REPO / "export" / "plugins"
@@ -307,8 +308,8 @@ def test_compile_check_torch_binding(manifest: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def kernels_library(manifest: dict) -> cuda_kernels.CtypesKernels:
-    return cuda_kernels.load_library(Path(manifest["artifacts"]["cuda_kernels"]["path"]))
+def kernels_library(manifest: dict) -> cuda_library.CtypesKernels:
+    return cuda_library.load_library(Path(manifest["artifacts"]["cuda_kernels"]["path"]))
 
 
 GEOMETRY = [
@@ -327,7 +328,7 @@ GEOMETRY = [
 
 @pytest.mark.parametrize(("shape", "error"), GEOMETRY)
 def test_kernel_library_geometry_rules(kernels_library, shape, error) -> None:
-    message = kernels_library.topk_check(cuda_kernels.TopKShape(*shape))
+    message = kernels_library.topk_check(cuda_library.TopKShape(*shape))
     assert (error in message) if error else message == ""
 
 
@@ -335,7 +336,7 @@ def test_kernel_library_workspace_bounds(kernels_library) -> None:
     for shape, error in GEOMETRY:
         if error:
             continue
-        s = cuda_kernels.TopKShape(*shape)
+        s = cuda_library.TopKShape(*shape)
         window = int((s.hr_h * s.hr_w // s.num_tokens) ** 0.5)
         assert kernels_library.topk_num_memory(s) == (s.num_tokens // s.divisor) * window * window
         exact = kernels_library.topk_workspace_size(s)

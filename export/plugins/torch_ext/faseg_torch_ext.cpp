@@ -1,8 +1,8 @@
 // PyTorch binding of FASeg's CUDA kernels (built with torch.utils.cpp_extension together with
-// ../cuda/*.cu and ../ort/topk_cross_attn_cpu.cc; see faseg.export.cuda_kernels.build_extension).
+// ../cuda/*.cu and ../ort/topk_cross_attn_cpu.cc; see faseg.model.ops.cuda_library.build_extension).
 //
 // Deliberately thin: shapes, dtypes and output/workspace allocation are handled in Python
-// (faseg.export.torch_ops), identically for this module and for the prebuilt C-ABI library loaded
+// (faseg.model.ops.cuda_ops), identically for this module and for the prebuilt C-ABI library loaded
 // with ctypes. Each function checks devices and contiguity, selects the tensors' device, and
 // launches on PyTorch's current CUDA stream. Written for FASeg (Apache-2.0).
 #include <c10/cuda/CUDAGuard.h>
@@ -135,7 +135,7 @@ void topk_select(const std::vector<int64_t>& shape, const at::Tensor& coarse, co
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "FASeg CUDA kernels (see faseg.export.cuda_kernels)";
+  m.doc() = "FASeg CUDA kernels (see faseg.model.ops.cuda_library)";
   m.def("abi_version", [] { return FASEG_CUDA_ABI_VERSION; });
   m.def("msda_forward", &msda_forward);
   m.def("msda_backward", &msda_backward);

@@ -1,7 +1,7 @@
 """PyTorch custom ops ``faseg::ms_deform_attn`` and ``faseg::topk_cross_attention`` (torch.library).
 
 Each op has the PyTorch reference (``faseg.model.ops``) as its implementation on CPU and on every
-device without a kernel, and FASeg's CUDA kernel on CUDA tensors (:mod:`faseg.export.cuda_kernels`:
+device without a kernel, and FASeg's CUDA kernel on CUDA tensors (:mod:`faseg.model.ops.cuda_library`:
 the prebuilt ``libfaseg_cuda_kernels.so`` or the cpp_extension build). The model never calls these
 ops directly: :func:`enable_kernels` registers the CUDA wrappers at the model's one dispatch point,
 ``faseg.model.ops.register_kernel(op, "cuda", fn)``, and :func:`disable_kernels` restores the
@@ -37,11 +37,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from faseg.model import ops as model_ops
 from torch import Tensor
 
-from . import cuda_kernels
-from .cuda_kernels import KernelsUnavailableError, TopKShape
+from . import cuda_library, dispatch
+from .cuda_library import KernelsUnavailableError, TopKShape
+from .hrca import topk_cross_attention_reference
+from .ms_deform_attn import level_start_index, ms_deform_attn_reference
 
 OPS = ("faseg::ms_deform_attn", "faseg::topk_cross_attention")
 _MSDA_VALUE_DTYPES = (torch.float32, torch.float16, torch.float64)
@@ -53,10 +54,10 @@ def _pairs(flat: Sequence[int]) -> list[tuple[int, int]]:
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
 
-def _backend() -> cuda_kernels.KernelBackend:
-    backend = cuda_kernels.kernel_backend()
+def _backend() -> cuda_library.KernelBackend:
+    backend = cuda_library.kernel_backend()
     if backend is None:
-        raise KernelsUnavailableError(f"FASeg CUDA kernels unavailable: {cuda_kernels.unavailable_reason()}")
+        raise KernelsUnavailableError(f"FASeg CUDA kernels unavailable: {cuda_library.unavailable_reason()}")
     return backend
 
 
@@ -73,7 +74,7 @@ def _levels_on(device: torch.device, flat: Sequence[int]) -> tuple[Tensor, Tenso
     tables = _level_tables.get(key)
     if tables is None:
         pairs = _pairs(key[1])
-        starts = model_ops.level_start_index(pairs)
+        starts = level_start_index(pairs)
         tables = (
             torch.tensor(pairs, dtype=torch.int32, device=device).reshape(len(pairs), 2),
             torch.tensor(starts, dtype=torch.int32, device=device),
@@ -108,7 +109,7 @@ def ms_deform_attn_op(
     value: Tensor, spatial_shapes: list[int], sampling_locations: Tensor, attention_weights: Tensor
 ) -> Tensor:
     """Reference implementation (every device without a kernel). Output (N, Lq, M·D)."""
-    return model_ops.ms_deform_attn_reference(value, _pairs(spatial_shapes), sampling_locations, attention_weights)
+    return ms_deform_attn_reference(value, _pairs(spatial_shapes), sampling_locations, attention_weights)
 
 
 @ms_deform_attn_op.register_kernel("cuda")
@@ -181,7 +182,7 @@ def _msda_backward(ctx, grad_output: Tensor):
     else:  # autograd of the reference
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_() for t in (value, loc, attn)]
-            out = model_ops.ms_deform_attn_reference(leaves[0], _pairs(ctx.spatial_shapes), leaves[1], leaves[2])
+            out = ms_deform_attn_reference(leaves[0], _pairs(ctx.spatial_shapes), leaves[1], leaves[2])
             grad_value, grad_loc, grad_attn = torch.autograd.grad(out, leaves, grad_output, allow_unused=True)
     needs = ctx.needs_input_grad
     return (
@@ -215,8 +216,8 @@ def topk_shape(
     query: Tensor, feat: Tensor, coarse_attn: Tensor, num_heads: int, level0_hw: Sequence[int], mode: str, divisor: int
 ) -> TopKShape:
     """The kernel's shape record for these inputs and attributes (level0_hw may be (0, 0): derive)."""
-    if mode not in cuda_kernels.TOPK_MODES:
-        raise ValueError(f"unknown HRCA mode {mode!r}; expected one of {tuple(cuda_kernels.TOPK_MODES)}")
+    if mode not in cuda_library.TOPK_MODES:
+        raise ValueError(f"unknown HRCA mode {mode!r}; expected one of {tuple(cuda_library.TOPK_MODES)}")
     if query.dim() != 3 or feat.dim() != 4 or coarse_attn.dim() != 3:
         raise ValueError(
             "topk_cross_attention expects query (N, Q, C), feat (N, C, H3, W3) and coarse_attn (N, Q, S0); "
@@ -226,7 +227,7 @@ def topk_shape(
     h0, w0 = level0_hw
     return TopKShape(
         n, q, c, feat.shape[2], feat.shape[3], coarse_attn.shape[2],
-        num_heads, divisor, cuda_kernels.TOPK_MODES[mode], h0, w0,
+        num_heads, divisor, cuda_library.TOPK_MODES[mode], h0, w0,
     )  # fmt: skip
 
 
@@ -262,7 +263,7 @@ def topk_cross_attention_op(
     divisor: int,
 ) -> Tensor:
     """Reference implementation (every device without a kernel). Output (N, Q, C)."""
-    return model_ops.topk_cross_attention_reference(
+    return topk_cross_attention_reference(
         query, feat, pos, coarse_attn, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
         num_heads, (level0_hw[0], level0_hw[1]), mode, divisor,
     )  # fmt: skip
@@ -316,7 +317,7 @@ def _topk_backward(ctx, grad_output: Tensor):
             t.detach().requires_grad_() if t is not None and need and t.is_floating_point() else t
             for t, need in zip(tensors, needs)
         ]
-        out = model_ops.topk_cross_attention_reference(*leaves, num_heads, (level0_hw[0], level0_hw[1]), mode, divisor)
+        out = topk_cross_attention_reference(*leaves, num_heads, (level0_hw[0], level0_hw[1]), mode, divisor)
         wanted = [t for t in leaves if t is not None and t.requires_grad]
         grads = iter(torch.autograd.grad(out, wanted, grad_output, allow_unused=True) if wanted else ())
     result = [next(grads) if t is not None and t.requires_grad else None for t in leaves]
@@ -357,7 +358,7 @@ def topk_select(
     n, c = feat.shape[:2]
     shape = TopKShape(
         n, coarse_attn.shape[1], c, feat.shape[2], feat.shape[3], coarse_attn.shape[2],
-        num_heads, divisor, cuda_kernels.TOPK_MODES[mode], level0_hw[0], level0_hw[1],
+        num_heads, divisor, cuda_library.TOPK_MODES[mode], level0_hw[0], level0_hw[1],
     )  # fmt: skip
     backend = _backend()
     error = backend.topk_check(shape)
@@ -376,30 +377,30 @@ def topk_select(
 
 def kernels_available() -> bool:
     """True when a CUDA device and the kernels (prebuilt library or built extension) are present."""
-    return torch.cuda.is_available() and cuda_kernels.kernel_backend() is not None
+    return torch.cuda.is_available() and cuda_library.kernel_backend() is not None
 
 
 def enable_kernels(*, build: bool = False) -> bool:
     """Make :func:`faseg.model.ops.ms_deform_attn` / ``topk_cross_attention`` use the CUDA kernels for
     CUDA tensors. Returns False (and changes nothing) when no GPU or no kernel build is available;
     ``build=True`` compiles the PyTorch extension if needed (minutes, needs nvcc)."""
-    if not torch.cuda.is_available() or cuda_kernels.kernel_backend(build=build) is None:
+    if not torch.cuda.is_available() or cuda_library.kernel_backend(build=build) is None:
         return False
-    model_ops.register_kernel("ms_deform_attn", "cuda", ms_deform_attn)
-    model_ops.register_kernel("topk_cross_attention", "cuda", topk_cross_attention)
+    dispatch.register_kernel("ms_deform_attn", "cuda", ms_deform_attn)
+    dispatch.register_kernel("topk_cross_attention", "cuda", topk_cross_attention)
     return True
 
 
 def disable_kernels() -> None:
     """Restore the PyTorch references on CUDA."""
-    model_ops.register_kernel("ms_deform_attn", "cuda", None)
-    model_ops.register_kernel("topk_cross_attention", "cuda", None)
+    dispatch.register_kernel("ms_deform_attn", "cuda", None)
+    dispatch.register_kernel("topk_cross_attention", "cuda", None)
 
 
 def kernels_enabled() -> bool:
     return (
-        model_ops.registered_kernel("ms_deform_attn", "cuda") is ms_deform_attn
-        and model_ops.registered_kernel("topk_cross_attention", "cuda") is topk_cross_attention
+        dispatch.registered_kernel("ms_deform_attn", "cuda") is ms_deform_attn
+        and dispatch.registered_kernel("topk_cross_attention", "cuda") is topk_cross_attention
     )
 
 
@@ -407,8 +408,8 @@ def unavailable_reason() -> str:
     """Why :func:`enable_kernels` would return False (empty when it would not)."""
     if not torch.cuda.is_available():
         return f"no CUDA device (torch {torch.__version__})"
-    if cuda_kernels.kernel_backend() is None:
-        return cuda_kernels.unavailable_reason()
+    if cuda_library.kernel_backend() is None:
+        return cuda_library.unavailable_reason()
     return ""
 
 

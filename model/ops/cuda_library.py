@@ -12,7 +12,7 @@ reach PyTorch in one of two ways, tried in this order by :func:`kernel_backend`:
    (``build=True`` or :func:`build_extension`), because that takes minutes; a finished build is reused.
 
 Both backends expose the same methods and take tensors whose shapes, dtypes, contiguity and
-allocation were checked by the caller (:mod:`faseg.export.torch_ops`); they launch on PyTorch's
+allocation were checked by the caller (:mod:`faseg.model.ops.cuda_ops`); they launch on PyTorch's
 current stream of the tensors' device. The host-only helpers (``topk_check``,
 ``topk_workspace_size``, ...) also work without a GPU.
 """
@@ -35,8 +35,8 @@ EXTENSION_NAME = "faseg_torch_ext"
 BUILD_COMMAND = "export/plugins/build_cuda.sh"
 ABI_VERSION = 1
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = _PACKAGE_DIR.parent
+_PACKAGE_DIR = Path(__file__).resolve().parent  # <repo>/model/ops
+REPO_ROOT = _PACKAGE_DIR.parent.parent
 PLUGINS_DIR = REPO_ROOT / "export" / "plugins"
 REPO_LIBRARY = REPO_ROOT / "build" / "cuda" / "cuda" / LIBRARY_NAME
 EXTENSION_BUILD_DIR = REPO_ROOT / "build" / "torch_ext"
@@ -362,7 +362,7 @@ def kernel_backend(*, build: bool = False) -> KernelBackend | None:
                 _failures.append(str(exc))
         else:
             _failures.append(
-                f"PyTorch extension not built (faseg.export.cuda_kernels.build_extension() or {BUILD_COMMAND})"
+                f"PyTorch extension not built (faseg.model.ops.cuda_library.build_extension() or {BUILD_COMMAND})"
             )
         return None
 

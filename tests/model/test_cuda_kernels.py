@@ -1,4 +1,4 @@
-"""FASeg's CUDA kernels (export/plugins/cuda) through the PyTorch ops of faseg.export.torch_ops.
+"""FASeg's CUDA kernels (export/plugins/cuda) through the PyTorch ops of faseg.model.ops.cuda_ops.
 
 Every GPU test runs once per kernel backend (``ctypes``: the prebuilt ``libfaseg_cuda_kernels.so`` from
 ``export/plugins/build_cuda.sh``; ``extension``: the torch.utils.cpp_extension build) and compares with
@@ -29,8 +29,8 @@ import shutil
 
 import pytest
 import torch
-from faseg.export import cuda_kernels, torch_ops
 from faseg.model import ops as model_ops
+from faseg.model.ops import cuda_library, cuda_ops
 
 REQUIRED = os.environ.get("FASEG_REQUIRE_CUDA_KERNELS") == "1"
 CUDA = torch.cuda.is_available()
@@ -116,13 +116,13 @@ MSDA_CASES = {
 def test_ms_deform_attn_op_is_the_reference_on_cpu() -> None:
     shapes = [(4, 6), (2, 3)]
     value, loc, weights = msda_inputs(2, 2, 4, 5, 3, shapes, seed=1)
-    got = torch_ops.ms_deform_attn(value, shapes, loc, weights)
+    got = cuda_ops.ms_deform_attn(value, shapes, loc, weights)
     assert torch.equal(got, model_ops.ms_deform_attn_reference(value, shapes, loc, weights))
 
 
 def test_topk_cross_attention_op_is_the_reference_on_cpu() -> None:
     args = topk_inputs(2, 5, 16, (2, 4), 4, seed=2)
-    got = torch_ops.topk_cross_attention(*args, 4, (2, 4), "window", 4)
+    got = cuda_ops.topk_cross_attention(*args, 4, (2, 4), "window", 4)
     want = model_ops.topk_cross_attention_reference(*args, 4, (2, 4), "window", 4)
     assert torch.equal(got, want)
 
@@ -146,7 +146,7 @@ def test_ms_deform_attn_op_gradcheck_on_cpu() -> None:
     # Random locations (no exact pixel centres: the bilinear weights have kinks there), partly outside.
     loc = torch.rand(loc.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 1.2 - 0.1
     inputs = tuple(t.requires_grad_() for t in (value, loc, weights))
-    assert torch.autograd.gradcheck(lambda v, l, a: torch_ops.ms_deform_attn(v, shapes, l, a), inputs)
+    assert torch.autograd.gradcheck(lambda v, l, a: cuda_ops.ms_deform_attn(v, shapes, l, a), inputs)
 
 
 def test_topk_cross_attention_op_gradients_on_cpu() -> None:
@@ -154,7 +154,7 @@ def test_topk_cross_attention_op_gradients_on_cpu() -> None:
     attrs = (2, (2, 2), "window", 2)
     leaves_op = [t.clone().requires_grad_() for t in args]
     leaves_ref = [t.clone().requires_grad_() for t in args]
-    torch_ops.topk_cross_attention(*leaves_op, *attrs).square().sum().backward()
+    cuda_ops.topk_cross_attention(*leaves_op, *attrs).square().sum().backward()
     model_ops.topk_cross_attention_reference(*leaves_ref, *attrs).square().sum().backward()
     for name, a, b in zip(["query", "feat", "pos", "coarse"], leaves_op, leaves_ref):
         assert (a.grad is None) == (b.grad is None), name
@@ -165,9 +165,9 @@ def test_topk_cross_attention_op_gradients_on_cpu() -> None:
 def test_enable_kernels_without_a_gpu_changes_nothing() -> None:
     if CUDA:
         pytest.skip("a CUDA device is present")
-    assert torch_ops.enable_kernels() is False
+    assert cuda_ops.enable_kernels() is False
     assert model_ops.registered_kernel("ms_deform_attn", "cuda") is None
-    assert "no CUDA device" in torch_ops.unavailable_reason()
+    assert "no CUDA device" in cuda_ops.unavailable_reason()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,17 +182,17 @@ def backend(request):
         _unavailable(f"no CUDA device (torch {torch.__version__})")
     try:
         if request.param == "ctypes":
-            chosen = cuda_kernels.load_library()
+            chosen = cuda_library.load_library()
         else:
-            if shutil.which("nvcc") is None and not any(cuda_kernels.EXTENSION_BUILD_DIR.glob("*.so")):
+            if shutil.which("nvcc") is None and not any(cuda_library.EXTENSION_BUILD_DIR.glob("*.so")):
                 # Optional even under FASEG_REQUIRE_CUDA_KERNELS: the prebuilt library covers the kernels.
                 pytest.skip("nvcc not found: the PyTorch extension cannot be built")
-            chosen = cuda_kernels.build_extension()
-    except cuda_kernels.KernelsUnavailableError as exc:
+            chosen = cuda_library.build_extension()
+    except cuda_library.KernelsUnavailableError as exc:
         _unavailable(str(exc))
-    previous = cuda_kernels.set_backend(chosen)
+    previous = cuda_library.set_backend(chosen)
     yield chosen
-    cuda_kernels.set_backend(previous)
+    cuda_library.set_backend(previous)
 
 
 def _cuda(*tensors):
@@ -205,7 +205,7 @@ def test_msda_forward_fp32(backend, case) -> None:
     batch, heads, head_dim, queries, points, shapes = MSDA_CASES[case]
     value, loc, weights = msda_inputs(batch, heads, head_dim, queries, points, shapes, seed=10)
     want = model_ops.ms_deform_attn_reference(value, shapes, loc, weights)
-    got = torch_ops.ms_deform_attn(*_cuda(value), shapes, *_cuda(loc, weights))
+    got = cuda_ops.ms_deform_attn(*_cuda(value), shapes, *_cuda(loc, weights))
     assert got.shape == want.shape and got.dtype == torch.float32
     assert _rel_error(got, want) <= FP32_REL
 
@@ -215,7 +215,7 @@ def test_msda_forward_all_outside_is_zero(backend) -> None:
     shapes = [(3, 4), (2, 2)]
     value, loc, weights = msda_inputs(1, 2, 4, 3, 2, shapes, seed=11)
     loc[:] = torch.tensor([-0.6, 1.7])
-    got = torch_ops.ms_deform_attn(*_cuda(value), shapes, *_cuda(loc, weights))
+    got = cuda_ops.ms_deform_attn(*_cuda(value), shapes, *_cuda(loc, weights))
     assert torch.count_nonzero(got) == 0
 
 
@@ -230,7 +230,7 @@ def test_msda_forward_non_finite_locations_contribute_zero(backend) -> None:
         clean_loc[n, q, m, lvl, p] = 0.5
         clean_w[n, q, m, lvl, p] = 0.0
     want = model_ops.ms_deform_attn_reference(value, shapes, clean_loc, clean_w)
-    got = torch_ops.ms_deform_attn(*_cuda(value), shapes, *_cuda(loc, weights))
+    got = cuda_ops.ms_deform_attn(*_cuda(value), shapes, *_cuda(loc, weights))
     assert torch.isfinite(got).all()
     assert _rel_error(got, want) <= FP32_REL
 
@@ -243,7 +243,7 @@ def test_msda_forward_fp16(backend, coord_dtype) -> None:
     value16, loc_c, weights_c = value.half(), loc.to(coord_dtype), weights.to(coord_dtype)
     # The reference sees exactly the rounded inputs, computed in fp32.
     want = model_ops.ms_deform_attn_reference(value16.float(), shapes, loc_c.float(), weights_c.float())
-    got = torch_ops.ms_deform_attn(*_cuda(value16), shapes, *_cuda(loc_c, weights_c))
+    got = cuda_ops.ms_deform_attn(*_cuda(value16), shapes, *_cuda(loc_c, weights_c))
     assert got.dtype == torch.float16
     assert _rel_error(got, want) <= FP16_REL
 
@@ -259,7 +259,7 @@ def test_msda_backward_matches_reference_autograd(backend, case) -> None:
     ref_leaves = [t.clone().requires_grad_() for t in (value, loc, weights)]
     model_ops.ms_deform_attn_reference(ref_leaves[0], shapes, ref_leaves[1], ref_leaves[2]).backward(grad_out)
     leaves = [t.cuda().requires_grad_() for t in (value, loc, weights)]
-    torch_ops.ms_deform_attn(leaves[0], shapes, leaves[1], leaves[2]).backward(grad_out.cuda())
+    cuda_ops.ms_deform_attn(leaves[0], shapes, leaves[1], leaves[2]).backward(grad_out.cuda())
     for name, got, want in zip(["value", "sampling_locations", "attention_weights"], leaves, ref_leaves):
         assert _rel_error(got.grad, want.grad) <= 1e-4, name
 
@@ -272,7 +272,7 @@ def test_msda_gradcheck_fp64(backend, head_dim) -> None:
     # Keep samples off the exact borders (kinks of the bilinear weights) but partly outside the map.
     loc = torch.rand(loc.shape, generator=torch.Generator().manual_seed(17), dtype=torch.float64) * 1.2 - 0.1
     inputs = tuple(t.cuda().requires_grad_() for t in (value, loc, weights))
-    assert torch.autograd.gradcheck(lambda v, l, a: torch_ops.ms_deform_attn(v, shapes, l, a), inputs, eps=1e-6)
+    assert torch.autograd.gradcheck(lambda v, l, a: cuda_ops.ms_deform_attn(v, shapes, l, a), inputs, eps=1e-6)
 
 
 TOPK_CASES = {
@@ -291,7 +291,7 @@ def test_topk_forward_fp32(backend, case) -> None:
     batch, queries, channels, heads, level0, window, divisor, mode = TOPK_CASES[case]
     args = topk_inputs(batch, queries, channels, level0, window, seed=20, dyadic=mode == "bilinear")
     want = model_ops.topk_cross_attention_reference(*args, heads, level0, mode, divisor)
-    got = torch_ops.topk_cross_attention(*_cuda(*args), heads, level0, mode, divisor)
+    got = cuda_ops.topk_cross_attention(*_cuda(*args), heads, level0, mode, divisor)
     assert got.shape == want.shape
     assert _rel_error(got, want) <= FP32_REL
 
@@ -305,7 +305,7 @@ def test_topk_derived_level0_equals_explicit(backend, mode) -> None:
     want = model_ops.topk_cross_attention_reference(
         *[t.cpu() for t in (query, feat, pos, coarse, w_in, b_in, w_out, b_out)], heads, level0, mode, divisor
     )
-    shape = torch_ops.topk_shape(query, feat, coarse, heads, (0, 0), mode, divisor)
+    shape = cuda_ops.topk_shape(query, feat, coarse, heads, (0, 0), mode, divisor)
     assert backend.topk_check(shape) == ""
     out = torch.empty_like(query)
     workspace = torch.empty(backend.topk_workspace_size(shape), dtype=torch.uint8, device="cuda")
@@ -352,7 +352,7 @@ def test_topk_selection_matches_reference(backend, mode, nan) -> None:
     coarse = _tied_coarse(2, 4, level0, nan=nan)
     feat = torch.zeros(2, 8, level0[0] * window, level0[1] * window)
     want = _selected_pixels(coarse, feat, level0, mode, divisor)
-    got = torch_ops.topk_select(coarse.cuda(), feat.cuda(), 2, level0, mode, divisor)
+    got = cuda_ops.topk_select(coarse.cuda(), feat.cuda(), 2, level0, mode, divisor)
     assert [set(row.tolist()) for row in got.cpu()] == want
 
 
@@ -364,7 +364,7 @@ def test_topk_forward_with_ties(backend) -> None:
     args = (query, feat, pos, coarse, w_in, b_in, w_out, b_out)
     for mode in ("window", "bilinear"):
         want = model_ops.topk_cross_attention_reference(*args, heads, level0, mode, divisor)
-        got = torch_ops.topk_cross_attention(*_cuda(*args), heads, level0, mode, divisor)
+        got = cuda_ops.topk_cross_attention(*_cuda(*args), heads, level0, mode, divisor)
         assert _rel_error(got, want) <= FP32_REL, mode
 
 
@@ -373,7 +373,7 @@ def test_topk_fp16_inputs_run_in_fp32(backend) -> None:
     batch, queries, channels, heads, level0, window, divisor, mode = TOPK_CASES["window-dh16"]
     args = [t.half() for t in topk_inputs(batch, queries, channels, level0, window, seed=23)]
     want = model_ops.topk_cross_attention_reference(*[t.float() for t in args], heads, level0, mode, divisor)
-    got = torch_ops.topk_cross_attention(*_cuda(*args), heads, level0, mode, divisor)
+    got = cuda_ops.topk_cross_attention(*_cuda(*args), heads, level0, mode, divisor)
     assert got.dtype == torch.float16
     assert _rel_error(got, want) <= FP16_REL
 
@@ -384,14 +384,14 @@ def test_topk_rejects_bad_geometry(backend) -> None:
     args[1] = args[1][..., :-1].contiguous()  # W3 no longer a multiple of the 1/32 map
     args[2] = args[2][..., :-1].contiguous()
     with pytest.raises(ValueError, match="multiple"):
-        torch_ops.topk_cross_attention(*args, 2, (2, 3), "window", 2)
+        cuda_ops.topk_cross_attention(*args, 2, (2, 3), "window", 2)
 
 
 @pytest.mark.gpu
 def test_topk_workspace_upper_bound_covers_exact(backend) -> None:
     for level0, window, divisor, mode in [((4, 6), 4, 4, 0), ((16, 16), 8, 32, 0), ((16, 32), 8, 32, 1)]:
         h3, w3 = level0[0] * window, level0[1] * window
-        exact = cuda_kernels.TopKShape(8, 100, 256, h3, w3, level0[0] * level0[1], 8, divisor, mode, *level0)
+        exact = cuda_library.TopKShape(8, 100, 256, h3, w3, level0[0] * level0[1], 8, divisor, mode, *level0)
         assert backend.topk_check(exact) == ""
         assert backend.topk_workspace_size(exact._replace(level0_h=0, level0_w=0), True) >= backend.topk_workspace_size(
             exact
@@ -405,19 +405,19 @@ def test_topk_workspace_upper_bound_covers_exact(backend) -> None:
 
 @pytest.fixture
 def kernels_enabled(backend):
-    assert torch_ops.enable_kernels()
+    assert cuda_ops.enable_kernels()
     yield backend
-    torch_ops.disable_kernels()
+    cuda_ops.disable_kernels()
 
 
 @pytest.mark.gpu
 def test_enable_kernels_routes_the_model_ops(kernels_enabled) -> None:
-    assert torch_ops.kernels_enabled()
+    assert cuda_ops.kernels_enabled()
     shapes = [(8, 12), (4, 6)]
     value, loc, weights = msda_inputs(1, 4, 8, 10, 4, shapes, seed=30)
     got = model_ops.ms_deform_attn(*_cuda(value), shapes, *_cuda(loc, weights))
     assert _rel_error(got, model_ops.ms_deform_attn_reference(value, shapes, loc, weights)) <= FP32_REL
-    torch_ops.disable_kernels()
+    cuda_ops.disable_kernels()
     assert model_ops.registered_kernel("ms_deform_attn", "cuda") is None
 
 
@@ -436,7 +436,7 @@ def test_model_end_to_end_with_and_without_kernels(kernels_enabled) -> None:
         both = model(images)
         model_ops.register_kernel("topk_cross_attention", "cuda", None)
         msda_only = model(images)
-        torch_ops.disable_kernels()
+        cuda_ops.disable_kernels()
         reference = model(images)
     assert both.pred_logits.shape == reference.pred_logits.shape
     assert torch.isfinite(both.pred_logits).all() and torch.isfinite(both.pred_masks).all()
