@@ -97,6 +97,10 @@ class DrainingServer(uvicorn.Server):
         asyncio.get_running_loop().call_later(ABORT_GRACE_S, _exit_now, EXIT_INTERRUPTED)
 
     @property
+    def aborted(self) -> bool:
+        return self._lifecycle.aborted
+
+    @property
     def failed(self) -> bool:
         return self._lifecycle.phase is Phase.FAILED
 
@@ -143,6 +147,8 @@ def run(settings: Settings | None = None) -> int:
         return EXIT_FAILED
     server = build_server(settings, backend)
     server.run()
+    if server.aborted:
+        _exit_now(EXIT_INTERRUPTED)  # the drain was cut short: no joining a model run still in progress
     return EXIT_FAILED if server.failed else EXIT_OK
 
 
