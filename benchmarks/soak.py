@@ -49,7 +49,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if capacity:
         lines.append(f"capacity: {capacity['valid_goodput_per_s']} valid images/s ({capacity['clients']} clients)")
     lines += [
-        f"soak: {soak['requests']} requests in {soak['seconds']} s, offered {soak['offered_requests_per_s']}/s",
+        f"soak: {soak['requests']} requests in {soak['seconds']} s: {soak['requests_per_s']}/s sent, "
+        f"{soak['offered_requests_per_s']}/s offered",
         f"statuses: {json.dumps(soak['statuses'])}",
         f"valid goodput {soak['valid_goodput_per_s']}/s (ratio to capacity {checks['goodput_ratio']}), "
         f"p50 {soak['valid_latency_ms']['p50']} ms, p99 {soak['valid_latency_ms']['p99']} ms",

@@ -119,6 +119,19 @@ class Connection:
         self.reader = self.writer = None
 
     async def request(self, head: bytes, body: bytes) -> Answer:
+        """Send and read the answer. A kept-alive connection the server has closed meanwhile (its keep-alive
+        timeout) fails before any answer: that request is sent again once on a new connection, as HTTP
+        clients do."""
+        reused = self.writer is not None
+        try:
+            return await self._exchange(head, body)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            partial = isinstance(exc, asyncio.IncompleteReadError) and exc.partial
+            if not reused or partial:
+                raise
+        return await self._exchange(head, body)
+
+    async def _exchange(self, head: bytes, body: bytes) -> Answer:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.config.host, self.config.port)
         assert self.reader is not None
@@ -438,6 +451,7 @@ def _phase_summary(
     summary: dict[str, Any] = {
         "seconds": round(seconds, 3),
         "requests": requests,
+        "requests_per_s": round(requests / seconds, 3) if seconds else 0.0,  # sent; below offered when clients wait
         "statuses": by_kind,
         "server_errors_5xx": server_errors,
         "server_errors_5xx_other_than_503": sum(
