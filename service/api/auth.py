@@ -92,7 +92,7 @@ class ApiKeys:
             return
         self._file_keys = [_digest(k) for k in keys]
         self._file_stamp = stamp
-        log.warning("API key file %s: %d keys", self._file, len(keys))
+        log.info("API key file %s: %d keys", self._file, len(keys))
 
     def accepts(self, presented: str) -> bool:
         if self._file is not None:

@@ -14,7 +14,7 @@ import pytest
 
 from faseg.bench.service_bench import ServerProcess
 from faseg.loadtest.images import synthetic
-from faseg.loadtest.soak import SCHEMA, SoakConfig, run
+from faseg.loadtest.soak import SCHEMA, SoakConfig, memory_trend, run
 
 SOAK_S = 8.0
 CAPACITY_S = 3.0
@@ -71,3 +71,15 @@ def test_short_soak_reports_every_outcome(traced_server: ServerProcess, tmp_path
     assert len(samples) >= SOAK_S / 0.5 / 2
     assert samples[-1]["requests"] <= soak["requests"]
     assert all("rss_mb" in s and "server_cpu_s" in s for s in samples)
+
+
+def test_memory_trend_from_the_baseline_to_the_end() -> None:
+    samples = [{"t_s": t, "rss_mb": 100.0 if t < 5 else 200.0 + t} for t in range(0, 100)]
+    trend = memory_trend(samples, "rss_mb", baseline_s=5)
+    assert trend is not None
+    # 95 samples from the baseline on, a tenth is 9: t = 5 … 13 and t = 91 … 99
+    assert trend["start_mb"] == 209.0
+    assert trend["end_mb"] == 295.0
+    assert trend["growth_percent"] == round(100 * (295.0 - 209.0) / 209.0, 2)
+    assert trend["peak_mb"] == 299.0
+    assert memory_trend([{"t_s": 0, "rss_mb": 1.0}], "rss_mb", 5) is None
