@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracemalloc", action="store_true", help="start the server with --tracemalloc (Python heap)")
     parser.add_argument("--duration", type=float, default=60.0, help="soak seconds (60)")
     parser.add_argument("--multiple", type=float, default=2.0, help="offered load, × measured capacity (2)")
-    parser.add_argument("--clients", type=int, default=32, help="paced concurrent clients (32)")
+    parser.add_argument("--clients", type=int, default=128, help="paced concurrent clients (128)")
     parser.add_argument("--capacity-s", type=float, default=20.0, help="capacity measurement seconds (20)")
     parser.add_argument("--capacity-clients", type=int, default=4, help="closed-loop clients measuring capacity (4)")
     parser.add_argument("--capacity-rps", type=float, help="skip the measurement: capacity in requests/s")

@@ -60,7 +60,7 @@ class SoakConfig:
     payloads: Sequence[Payload]  # valid images, sent in turn
     duration_s: float = 60.0
     multiple: float = 2.0  # offered load, × the measured capacity
-    clients: int = 32
+    clients: int = 128
     capacity_s: float = 10.0
     capacity_clients: int = 4
     capacity_rps: float | None = None  # given: skip the measurement
