@@ -1,7 +1,8 @@
 """Dynamic batcher with Triton's semantics: FIFO queue, ``max_batch_size``, ``max_queue_delay``, a bounded
 queue, per-image deadlines, and withdrawal of images whose client has gone.
 
-The interface is as small as Triton's scheduler: ``submit``, ``in_flight``, ``stop``.
+The interface is as small as Triton's scheduler: ``submit``, ``in_flight``, ``stop`` (``abort`` when a
+drain is cut short; ``longest_run_s`` for the health check that spots a model run that never returns).
 Ownership: a submitted image belongs to the batcher until its future is done. The caller withdraws an
 image by cancelling its future: a queued image is then dropped before it runs (and counted), a running
 one finishes and its result is discarded.
@@ -105,6 +106,7 @@ class DynamicBatcher:
         self._changed = asyncio.Event()
         self._running: set[_Item] = set()  # images of the batches now running
         self._runs: set[asyncio.Task[None]] = set()
+        self._run_starts: dict[object, float] = {}  # monotonic start of every model run in progress
         self._closed = False
         self._batch_time_s = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -149,6 +151,25 @@ class DynamicBatcher:
         batches = math.ceil((len(self._queue) + images) / self._policy.max_batch_size)
         rounds = math.ceil(batches / self._policy.instances)
         return max(MIN_RETRY_AFTER_S, math.ceil(rounds * self._batch_time_s))
+
+    def longest_run_s(self) -> float:
+        """How long the oldest model run in progress has been running (0 when none is)."""
+        if not self._run_starts:
+            return 0.0
+        return time.monotonic() - min(self._run_starts.values())
+
+    def abort(self) -> None:
+        """Refuse new work and fail every queued and running image now with 503 (a model run in progress
+        goes on in its thread; its results are discarded)."""
+        self._closed = True
+        leftover = [*self._queue, *self._running]
+        self._queue.clear()
+        for item in leftover:
+            item.queued = False
+            if not item.future.done():
+                item.future.set_exception(Draining("the server is shutting down now"))
+        self._observer.queue_depth(0)
+        self._changed.set()
 
     async def stop(self, timeout_s: float) -> None:
         """Refuse new work, run what is queued (without waiting for fuller batches) for up to
@@ -233,6 +254,8 @@ class DynamicBatcher:
 
     async def _execute(self, batch: list[_Item]) -> None:
         started = time.monotonic()
+        token = object()
+        self._run_starts[token] = started
         self._running.update(batch)
         try:
             outcomes = await asyncio.get_running_loop().run_in_executor(
@@ -243,6 +266,7 @@ class DynamicBatcher:
             outcomes = [InternalError(f"inference failed: {type(exc).__name__}")] * len(batch)
         finally:
             self._running.difference_update(batch)
+            del self._run_starts[token]
         infer_s = time.monotonic() - started
         weight = BATCH_TIME_EWMA_WEIGHT if self._batch_time_s else 1.0
         self._batch_time_s += weight * (infer_s - self._batch_time_s)

@@ -10,9 +10,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 import faseg
 
+from . import memory_metrics
+from .api.admission import AdmissionMiddleware
+from .api.auth import ApiKeyMiddleware, ApiKeys
 from .api.errors import install_error_handlers
 from .api.middleware import RequestContextMiddleware
 from .api.routes import health, metrics, models, segment, v2
@@ -25,6 +29,10 @@ from .metrics import ServiceMetrics
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+CORS_METHODS = ["GET", "POST"]
+CORS_REQUEST_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"]
+CORS_RESPONSE_HEADERS = ["X-Request-ID", "Retry-After", "Server-Timing", "X-Model", "X-Backend", "X-Output-Size"]
 
 
 def effective_settings(settings: Settings, *, backend_given: bool = False) -> Settings:
@@ -46,6 +54,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     lifecycle = Lifecycle()
     service_metrics.ready.set_function(lambda: float(lifecycle.ready))
     service_metrics.in_flight.set_function(lambda: float(lifecycle.active_requests))
+    memory_metrics.start_tracing(settings.tracemalloc)
+    memory_metrics.register(service_metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,6 +70,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
             log.error("cannot start the model: %s", exc)
             raise
         app.state.runtime = runtime
+        lifecycle.watch_health(lambda: _stall(runtime, settings.stall_timeout_s))
         warm_up = asyncio.create_task(_warm_up(runtime, lifecycle), name="faseg-warmup")
         try:
             yield
@@ -80,10 +91,41 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.state.lifecycle = lifecycle
     app.state.runtime = None
     install_error_handlers(app, service_metrics)
-    app.add_middleware(RequestContextMiddleware, metrics=service_metrics)
+    _add_middleware(app, settings, lifecycle, service_metrics)
     for module in (segment, models, health, metrics, v2):
         app.include_router(module.router)
     return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, metrics: ServiceMetrics) -> None:
+    """From the outside in: request id and counting → CORS → API key → admission → routes (the last added
+    runs first)."""
+    app.add_middleware(
+        AdmissionMiddleware,
+        settings=settings,
+        lifecycle=lifecycle,
+        metrics=metrics,
+        runtime=lambda: app.state.runtime,
+    )
+    keys = ApiKeys([k.get_secret_value() for k in settings.api_keys], settings.api_keys_file)
+    if keys.enabled:
+        app.add_middleware(ApiKeyMiddleware, keys=keys, exempt=ApiKeyMiddleware.exempt_paths(settings), metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=CORS_METHODS,
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_RESPONSE_HEADERS,
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+
+
+def _stall(runtime: Runtime, stall_timeout_s: float) -> str | None:
+    running_s = runtime.batcher.longest_run_s()
+    if running_s <= stall_timeout_s:
+        return None
+    return f"a model run has not returned for {running_s:.0f} s (stall_timeout_s {stall_timeout_s:g})"
 
 
 async def _warm_up(runtime: Runtime, lifecycle: Lifecycle) -> None:

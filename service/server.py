@@ -6,7 +6,10 @@ On the first SIGTERM (or SIGINT) the server does not stop listening at once, as 
   3. it waits up to ``drain_timeout_s`` for every admitted request (queued or running) to be answered;
   4. then uvicorn closes the listeners and connections, the lifespan stops the batcher and the backend,
      and the process exits 0.
-A second signal exits at once. If the model cannot be loaded or warmed up the process exits 1.
+A second signal cuts the drain short: every queued or running image is answered 503 DRAINING at once, the
+server gives those answers ``ABORT_GRACE_S`` to go out, and the process exits 3 without waiting for a model
+run in progress (its thread is not joined: a hung backend cannot hold the exit). If the model cannot be
+loaded or warmed up the process exits 1; an unreadable API key file exits 2.
 """
 
 from __future__ import annotations
@@ -14,12 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import signal
 import socket
+import sys
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
+from . import memory_metrics
+from .api.auth import read_key_file
 from .backends import Backend, BackendError, load_backend
 from .core.config import Settings
 from .core.lifecycle import Lifecycle, Phase
@@ -29,13 +37,18 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 3  # a second signal cut the drain short
+# After a second signal: time for the 503 answers of the work that was failed to be written.
+ABORT_GRACE_S = 0.5
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, settings: Settings) -> None:
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
-        self._lifecycle = lifecycle
-        self._settings = settings
+        self._app = app
+        self._lifecycle: Lifecycle = app.state.lifecycle
+        self._settings: Settings = app.state.settings
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
         self._signalled = False
@@ -47,9 +60,11 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not recorded in uvicorn's _captured_signals: uvicorn would re-raise it after shutdown and the
         # process would die of the signal instead of exiting 0.
-        if self._signalled or self._loop is None:
+        if self._loop is None:
             self.should_exit = True
-            self.force_exit = self._signalled
+            return
+        if self._signalled:
+            self._loop.call_soon_threadsafe(self._abort)
             return
         self._signalled = True
         delay = self._settings.drain_delay_s if sig == signal.SIGTERM else 0.0
@@ -70,6 +85,20 @@ class DrainingServer(uvicorn.Server):
         if not await self._lifecycle.wait_idle(self._settings.drain_timeout_s):
             log.warning("drain timeout: %d requests still in flight", self._lifecycle.active_requests)
         self.should_exit = True
+
+    def _abort(self) -> None:
+        if self._lifecycle.aborted:
+            return
+        log.warning("second signal: answering the work left with 503 and exiting")
+        self._lifecycle.abort()
+        runtime = self._app.state.runtime
+        if runtime is not None:
+            runtime.batcher.abort()
+        asyncio.get_running_loop().call_later(ABORT_GRACE_S, _exit_now, EXIT_INTERRUPTED)
+
+    @property
+    def aborted(self) -> bool:
+        return self._lifecycle.aborted
 
     @property
     def failed(self) -> bool:
@@ -95,7 +124,7 @@ def build_server(settings: Settings, backend: Backend | None = None) -> Draining
         lifespan="on",
         server_header=False,
     )
-    return DrainingServer(config, app.state.lifecycle, app.state.settings)
+    return DrainingServer(config, app)
 
 
 def run(settings: Settings | None = None) -> int:
@@ -104,6 +133,13 @@ def run(settings: Settings | None = None) -> int:
     model is given and the demo model cannot be produced."""
     settings = effective_settings(settings or Settings())
     _configure_logging(settings.log_level)
+    memory_metrics.start_tracing(settings.tracemalloc)  # before the model loads, so its allocations count
+    if settings.api_keys_file is not None:
+        try:
+            read_key_file(settings.api_keys_file)
+        except OSError as exc:
+            log.error("cannot read the API key file: %s", exc)
+            return EXIT_USAGE
     try:
         backend = load_backend(settings)  # before binding: a bad model is one clear line, not a traceback
     except BackendError as exc:
@@ -111,7 +147,18 @@ def run(settings: Settings | None = None) -> int:
         return EXIT_FAILED
     server = build_server(settings, backend)
     server.run()
+    if server.aborted:
+        _exit_now(EXIT_INTERRUPTED)  # the drain was cut short: no joining a model run still in progress
     return EXIT_FAILED if server.failed else EXIT_OK
+
+
+def _exit_now(code: int) -> None:
+    """Exit without joining the inference threads or running the lifespan's shutdown: a model run in progress
+    (or a hung one) must not hold the exit."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _configure_logging(level: str) -> None:

@@ -33,7 +33,6 @@ VERSIONED_PACKAGES = ("faseg", "onnxruntime", "torch", "numpy", "fastapi", "uvic
 # --- environment -------------------------------------------------------------------------------------
 
 
-
 def package_versions(names: Iterable[str] = VERSIONED_PACKAGES) -> dict[str, str | None]:
     """Installed versions, read from package metadata (nothing is imported)."""
     versions: dict[str, str | None] = {}

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..core.errors import InternalError
 from ..metrics import ServiceMetrics
+from .admission import ENDPOINT_STATE_KEY
 from .errors import error_response
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ class RequestContextMiddleware:
                 await response(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
-            endpoint = getattr(route, "path", UNMATCHED_ROUTE)
+            # Requests refused before routing (.admission) leave their route template in the state.
+            endpoint = getattr(route, "path", None) or scope["state"].get(ENDPOINT_STATE_KEY, UNMATCHED_ROUTE)
             code = str(status if status is not None else CLIENT_CLOSED_STATUS)
             self.metrics.requests.labels(endpoint, code).inc()
             self.metrics.request_duration.labels(endpoint).observe(time.monotonic() - started)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BackendName = Literal["torch", "onnxruntime", "tensorrt"]
 DeviceName = Literal["cpu", "cuda"]
@@ -30,6 +30,8 @@ PILLOW_BOMB_ERROR_PIXELS = 178_956_970
 # Batching on a GPU pays for a short wait; on a CPU it rarely does (serving_anchors §5.3).
 DEFAULT_QUEUE_DELAY_MS = {"cpu": 0.0, "cuda": 2.0}
 ONNX_SUFFIXES = (".onnx",)
+# Shorter keys can be guessed; 16 characters is what `openssl rand -hex 8` gives.
+MIN_API_KEY_LENGTH = 16
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 
 
@@ -53,6 +55,13 @@ def infer_backend(model: Path) -> BackendName:
         f"cannot tell the backend from model path {str(model)!r}: expected a checkpoint directory, "
         f"a {'/'.join(ONNX_SUFFIXES)} file or a {'/'.join(ENGINE_SUFFIXES)} TensorRT engine"
     )
+
+
+def _split_list(value: object) -> object:
+    """``"a,b"`` (a flag or an environment variable) → ``("a", "b")``; blanks dropped."""
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
 
 
 def _safe_model_name(raw: str) -> str:
@@ -164,6 +173,52 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="After the delay: how long queued and in-flight work may take."
     )
+
+    # --- reliability and access (docs/service.md, "Overload, faults and access") -------------------------
+    early_rejection: bool = Field(
+        True,
+        description="Answer refusals known from the headers alone (queue full, draining, not ready, body too "
+        "large, unsupported type) in the ASGI layer, before routing; off only to measure what it saves.",
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="The whole request body must arrive within this time, else 408."
+    )
+    stall_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="A model run taking longer marks the server unhealthy (/readyz 503 BACKEND_STALLED, new work "
+        "refused) until it returns.",
+    )
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (), description="API keys (comma-separated); set: requests need one as a bearer token or X-API-Key."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File of API keys, one a line ('#' comments); re-read when it changes (rotation)."
+    )
+    auth_exempt_health: bool = Field(True, description="/livez, /readyz and /v2/health/* answer without a key.")
+    auth_exempt_metrics: bool = Field(True, description="/metrics answers without a key.")
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Origins allowed by CORS (comma-separated; '*' for any); none: no CORS headers."
+    )
+    tracemalloc: bool = Field(
+        False,
+        description="Trace Python allocations and report the Python heap in /metrics (faseg_python_heap_bytes); "
+        "costs CPU, for soak runs.",
+    )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return _split_list(value)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _usable_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for key in keys:
+            if len(key.get_secret_value()) < MIN_API_KEY_LENGTH:
+                raise ValueError(f"an API key must have at least {MIN_API_KEY_LENGTH} characters")
+        return keys
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
