@@ -300,8 +300,9 @@ def _response(model: str, call: InferCall, answers: list[RenderedImage]) -> Resp
 async def _infer(model: str, version: str | None, request: Request, runtime: Runtime, lifecycle: Lifecycle) -> Response:
     settings = runtime.settings
 
+    _check_model(runtime, model, version)  # an unknown model is a 404 whatever the queue holds
+
     async def read() -> InferCall:
-        _check_model(runtime, model, version)
         body = await read_body(request, settings.max_body_bytes)
         return parse_call(body, request.headers.get(HEADER_LENGTH), settings.max_images_per_request)
 
