@@ -29,6 +29,7 @@ from ui_browser import (
     is_shown,
     legend,
     start_chromium,
+    support_ui,
     visible_text,
     wait_for,
     webdriver,
@@ -265,6 +266,84 @@ def test_every_sample_photograph_is_segmented_from_the_keyboard(page: Any, api: 
         wait_for_answer(page, f"{sample}.jpg")
         data = api.get(f"/ui/static/samples/{sample}.jpg").content
         assert_legend_matches(legend(page), api_segment(api, data, f"{sample}.jpg", "stats")["stats"])
+
+
+def test_tab_reaches_every_control_in_reading_order(page: Any) -> None:
+    page.find_element("css selector", "button[data-sample=chelsea]").click()
+    wait_for_answer(page, "chelsea.jpg")
+    page.execute_script("document.getElementById('file-input').focus()")  # the first control on the page
+    order = []
+    for _ in range(9):
+        order.append(
+            page.execute_script(
+                "const e = document.activeElement; return e.id || (e.dataset.sample && 'sample:' + e.dataset.sample)"
+                " || e.textContent.trim();"
+            )
+        )
+        webdriver.ActionChains(page).send_keys(webdriver.Keys.TAB).perform()
+    assert order == [
+        "file-input",
+        "sample:astronaut",
+        "sample:coffee",
+        "sample:chelsea",
+        "labels",
+        "opacity",
+        "download-png",
+        "download-json",
+        "/docs",
+    ]
+
+
+# Stands in for a server with a model repository: GET /v1/models lists two versions of the demo model and a
+# second model with two input sizes; segment requests are recorded, then sent on without the choice (this
+# server has one model).
+SEVERAL_MODELS = """
+const realFetch = window.fetch.bind(window);
+window.segmentUrls = [];
+window.fetch = async (url, init) => {
+  const path = String(url);
+  if (path.endsWith("v1/models")) {
+    const body = await (await realFetch(url, init)).json();
+    const demo = body.models[0];
+    body.models = [demo, {...demo, version: "2"}, {...demo, name: "second", buckets: [[256, 256], [256, 512]]}];
+    return new Response(JSON.stringify(body), {headers: {"Content-Type": "application/json"}});
+  }
+  if (path.startsWith("v1/segment")) {
+    window.segmentUrls.push(path);
+    return realFetch("v1/segment?outputs=stats,png", init);
+  }
+  return realFetch(url, init);
+};
+"""
+
+
+def test_the_picker_offers_what_the_models_list_holds(
+    browser: Any, demo_server: ServerProcess, api: httpx.Client
+) -> None:
+    script = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": SEVERAL_MODELS})
+    try:
+        open_page(browser, demo_server.url + "/")
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script["identifier"]})
+    select = support_ui.Select
+    models = select(browser.find_element("id", "model-select"))
+    assert [o.text for o in models.options][1] == "second" and is_shown(browser, "model-picker")
+    assert is_shown(browser, "version-choice") and not is_shown(browser, "bucket-choice")  # two versions, one size
+    select(browser.find_element("id", "version-select")).select_by_value("2")
+    browser.find_element("css selector", "button[data-sample=coffee]").click()
+    wait_for_answer(browser, "coffee.jpg")
+
+    models.select_by_value("second")
+    assert not is_shown(browser, "version-choice") and is_shown(browser, "bucket-choice")  # one version, two sizes
+    select(browser.find_element("id", "bucket-select")).select_by_value("256x512")
+    browser.find_element("css selector", "button[data-sample=chelsea]").click()
+    wait_for_answer(browser, "chelsea.jpg")
+    demo = api.get("/v1/models").json()["models"][0]["name"]
+    assert browser.execute_script("return window.segmentUrls") == [
+        f"v1/segment?outputs=stats%2Cpng&model={demo}&version=2",
+        "v1/segment?outputs=stats%2Cpng&model=second&bucket=256x512",
+    ]
+    assert_no_console_errors(browser)
 
 
 def test_screenshots_at_desktop_and_phone_sizes(page: Any, demo_server: ServerProcess, artefacts: Path) -> None:
