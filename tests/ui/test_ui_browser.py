@@ -42,6 +42,7 @@ PHONE = (390, 844)  # CSS pixels of a current phone in portrait
 SAMPLES = ("astronaut", "coffee", "chelsea")
 README_SCREENSHOT_MAX_BYTES = 300_000
 INJECTED = "injected-by-the-ui-test"
+CHROMIUM, CHROMEDRIVER = find_browser()
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def downloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def browser(downloads: Path) -> Iterator[Any]:
-    driver = start_chromium(*find_browser(), width=DESKTOP[0], height=DESKTOP[1], downloads=downloads)
+    driver = start_chromium(CHROMIUM, CHROMEDRIVER, width=DESKTOP[0], height=DESKTOP[1], downloads=downloads)
     try:
         yield driver
     finally:

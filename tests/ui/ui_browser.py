@@ -28,13 +28,17 @@ FAILED_RESOURCE = "the server responded with a status of {status}"
 
 
 def find_browser() -> tuple[str, str]:
-    """Paths of Chromium and its driver; skips the test (with the reason) when either is missing."""
+    """Paths of Chromium and its driver; skips the calling test module (with the reason) when either is
+    missing, before any server starts."""
     browser = next((path for name in BROWSER_NAMES if (path := shutil.which(name))), None)
     driver = next((path for name in DRIVER_NAMES if (path := shutil.which(name))), None)
     if browser is None:
-        pytest.skip(f"no Chromium browser on PATH (looked for {', '.join(BROWSER_NAMES)}; {INSTALL_HINT})")
+        pytest.skip(
+            f"no Chromium browser on PATH (looked for {', '.join(BROWSER_NAMES)}; {INSTALL_HINT})",
+            allow_module_level=True,
+        )
     if driver is None:
-        pytest.skip(f"no chromedriver on PATH ({INSTALL_HINT})")
+        pytest.skip(f"no chromedriver on PATH ({INSTALL_HINT})", allow_module_level=True)
     return browser, driver
 
 
