@@ -12,6 +12,8 @@ import base64
 import io
 import json
 import math
+import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -344,6 +346,91 @@ def test_the_picker_offers_what_the_models_list_holds(
         f"v1/segment?outputs=stats%2Cpng&model={demo}&version=2",
         "v1/segment?outputs=stats%2Cpng&model=second&bucket=256x512",
     ]
+    assert_no_console_errors(browser)
+
+
+UNKNOWN_COLOR = (255, 0, 255)  # what the page draws for a class id the model does not list
+
+
+def label_png(ids: np.ndarray, bit_depth: int) -> bytes:
+    """A label PNG as the API may send one (palette at 1–8 bits, 16-bit greyscale past 256 classes), written
+    here with every scanline filter in turn (row y uses filter y % 5), which Pillow alone would not produce."""
+    height, width = ids.shape
+    if bit_depth == 16:
+        raw_rows = [row.astype(">u2").tobytes() for row in ids]
+    else:
+        per_byte = 8 // bit_depth
+        padded = np.zeros((height, -(-width // per_byte) * per_byte), dtype=np.uint8)
+        padded[:, :width] = ids
+        groups = padded.reshape(height, -1, per_byte)
+        shifts = np.arange(per_byte - 1, -1, -1) * bit_depth
+        raw_rows = [bytes((groups[y] << shifts).sum(axis=1).astype(np.uint8)) for y in range(height)]
+    step = max(1, bit_depth // 8)
+    previous = bytes(len(raw_rows[0]))
+    data = bytearray()
+    for y, row in enumerate(raw_rows):
+        kind = y % 5
+        data.append(kind)
+        for i, value in enumerate(row):
+            left = row[i - step] if i >= step else 0
+            up = previous[i]
+            up_left = previous[i - step] if i >= step else 0
+            estimate = left + up - up_left
+            paeth = min(
+                (abs(estimate - left), 0, left), (abs(estimate - up), 1, up), (abs(estimate - up_left), 2, up_left)
+            )
+            predictor = (0, left, up, (left + up) // 2, paeth[2])[kind]
+            data.append((value - predictor) % 256)
+        previous = row
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    color_type = 0 if bit_depth == 16 else 3
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    palette = chunk(b"PLTE", bytes(3 * 2**bit_depth)) if color_type == 3 else b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + palette
+        + chunk(b"IDAT", zlib.compress(bytes(data)))
+        + chunk(b"IEND", b"")
+    )
+
+
+# Replaces the label PNG of the next answer by the test's own; everything else is the server's answer.
+REPLACE_LABEL_PNG = """
+const realFetch = window.fetch.bind(window);
+window.fetch = async (url, init) => {
+  if (!String(url).startsWith("v1/segment")) return realFetch(url, init);
+  const answer = await (await realFetch(url, init)).json();
+  answer.png = "%s";
+  return new Response(JSON.stringify(answer), {headers: {"Content-Type": "application/json"}});
+};
+"""
+
+
+@pytest.mark.parametrize("bit_depth", [1, 2, 4, 8, 16])
+def test_every_label_png_layout_is_decoded_exactly(
+    browser: Any, demo_server: ServerProcess, api: httpx.Client, bit_depth: int
+) -> None:
+    rng = np.random.default_rng(bit_depth)
+    colors = palette(api)
+    top = 300 if bit_depth == 16 else 2**bit_depth  # ids past the model's classes are drawn in UNKNOWN_COLOR
+    ids = rng.integers(0, top, size=(23, 37))  # an odd width leaves the last byte of a row partly filled
+    ids[0, :2] = [0, top - 1]
+    encoded = label_png(ids, bit_depth)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encoded))), ids)  # Pillow agrees: a valid PNG
+    png = base64.b64encode(encoded).decode()
+    script = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": REPLACE_LABEL_PNG % png})
+    try:
+        open_page(browser, demo_server.url + "/")
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script["identifier"]})
+    browser.find_element("css selector", "button[data-sample=chelsea]").click()
+    wait_for_answer(browser, "chelsea.jpg")
+    lookup = np.array([colors[i] if i < len(colors) else UNKNOWN_COLOR for i in range(ids.max() + 1)], np.uint8)
+    np.testing.assert_array_equal(canvas_pixels(browser), lookup[ids])
     assert_no_console_errors(browser)
 
 

@@ -47,7 +47,7 @@
   const state = {
     models: [], // the entries of GET /v1/models
     labelMap: null, // {width, height, ids: Uint16Array} of the shown answer
-    classes: [], // [{id, name, color}] of the model that made the shown answer
+    classes: new Map(), // class id → {id, name, color} of the model that made the shown answer
     probe: null, // {x, y} in label-map pixels, moved by the keyboard
     objectUrls: [], // photo and downloads of the shown answer, revoked when replaced
     request: 0, // number of the latest request; older answers are dropped
@@ -325,7 +325,7 @@
     const answer = JSON.parse(text);
     const labelMap = await decodeLabelPng(base64Bytes(answer.png));
     if (number !== state.request) return;
-    show(file, name, answer, text, labelMap, model.classes, roundTripMs);
+    show(file, name, answer, text, labelMap, new Map(model.classes.map((c) => [c.id, c])), roundTripMs);
   }
 
   function finishWithError(error) {
@@ -365,12 +365,11 @@
   }
 
   function colorOf(classes, id) {
-    return (classes[id] && classes[id].id === id ? classes[id] : classes.find((c) => c.id === id) || {}).color;
+    return classes.has(id) ? classes.get(id).color : UNKNOWN_COLOR;
   }
 
   function nameOf(classes, id) {
-    const entry = classes[id] && classes[id].id === id ? classes[id] : classes.find((c) => c.id === id);
-    return entry ? entry.name : `class ${id}`;
+    return classes.has(id) ? classes.get(id).name : `class ${id}`;
   }
 
   function drawLabels(labelMap, classes) {
@@ -385,7 +384,7 @@
       const id = ids[i];
       let rgb = lookup.get(id);
       if (!rgb) {
-        rgb = colorOf(classes, id) || UNKNOWN_COLOR;
+        rgb = colorOf(classes, id);
         lookup.set(id, rgb);
       }
       image.data[4 * i] = rgb[0];
@@ -406,7 +405,7 @@
         item.dataset.classId = String(entry.id);
         const swatch = document.createElement("span");
         swatch.className = "swatch";
-        const rgb = colorOf(classes, entry.id) || UNKNOWN_COLOR;
+        const rgb = colorOf(classes, entry.id);
         swatch.style.backgroundColor = `rgb(${rgb[0]}, ${rgb[1]}, ${rgb[2]})`;
         const label = document.createElement("span");
         label.className = "class-name";
@@ -422,7 +421,7 @@
 
   function fillTimings(answer, roundTripMs) {
     el.timings.textContent = "";
-    const rows = Object.entries(answer.timing_ms || {}).map(([stage, ms]) => [stage, ms]);
+    const rows = Object.entries(answer.timing_ms || {});
     rows.push(["round trip (this browser)", roundTripMs]);
     rows.forEach(([stage, ms]) => {
       const row = el.timings.insertRow();
