@@ -271,6 +271,22 @@ def test_every_sample_photograph_is_segmented_from_the_keyboard(page: Any, api: 
         assert_legend_matches(legend(page), api_segment(api, data, f"{sample}.jpg", "stats")["stats"])
 
 
+def test_a_dropped_photograph_is_segmented(page: Any, api: httpx.Client, photographs: dict[str, bytes]) -> None:
+    data = photographs["rocket.jpg"]
+    # Selenium cannot drag a file from the desktop; the page receives the same drop event it would.
+    page.execute_script(
+        "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));"
+        "const transfer = new DataTransfer();"
+        "transfer.items.add(new File([bytes], 'dropped.jpg', {type: 'image/jpeg'}));"
+        "const zone = document.getElementById('drop-zone');"
+        "zone.dispatchEvent(new DragEvent('dragover', {bubbles: true, cancelable: true, dataTransfer: transfer}));"
+        "zone.dispatchEvent(new DragEvent('drop', {bubbles: true, cancelable: true, dataTransfer: transfer}));",
+        base64.b64encode(data).decode(),
+    )
+    wait_for_answer(page, "dropped.jpg")
+    assert_legend_matches(legend(page), api_segment(api, data, "dropped.jpg", "stats")["stats"])
+
+
 def test_tab_reaches_every_control_in_reading_order(page: Any) -> None:
     page.find_element("css selector", "button[data-sample=chelsea]").click()
     wait_for_answer(page, "chelsea.jpg")
