@@ -43,6 +43,8 @@ def test_the_page_is_served_as_html_with_a_strict_policy(path: str) -> None:
     policy = response.headers["content-security-policy"]
     assert "default-src 'none'" in policy and "connect-src 'self'" in policy
     assert response.headers["x-content-type-options"] == "nosniff"
+    head = client().head(path)
+    assert head.status_code == 200 and head.content == b""
 
 
 def test_every_asset_the_page_references_is_served_with_its_type() -> None:

@@ -50,14 +50,14 @@ def _file(path: Path, headers: dict[str, str]) -> FileResponse:
     return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers={**COMMON_HEADERS, **headers})
 
 
-@router.get("/")
-@router.get("/ui")
+@router.api_route("/", methods=["GET", "HEAD"])
+@router.api_route("/ui", methods=["GET", "HEAD"])
 async def page() -> FileResponse:
     """The demo page."""
     return _file(INDEX_FILE, {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Referrer-Policy": "no-referrer"})
 
 
-@router.get(STATIC_PREFIX + "/{name:path}")
+@router.api_route(STATIC_PREFIX + "/{name:path}", methods=["GET", "HEAD"])
 async def static(name: str) -> FileResponse:
     """One file of the page (script, stylesheet, sample photograph)."""
     path = static_files().get(name)
