@@ -119,6 +119,7 @@ class Settings(BaseSettings):
     keep_alive_s: float = Field(5.0, gt=0, le=3600, description="Idle keep-alive timeout.")
     log_level: LogLevel = Field("info", description="Log level.")
     access_log: bool = Field(True, description="Log one line per request.")
+    ui: bool = Field(True, description="Serve the demo page at / and /ui (turn it off in production).")
 
     # --- dynamic batcher (Triton semantics) -----------------------------------------------------------
     max_batch_size: int = Field(8, ge=1, le=1024, description="Most images in one model run.")
