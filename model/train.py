@@ -66,6 +66,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .checkpoint import CheckpointError, read_checkpoint_info, save_pretrained
 from .config import ModelConfig
+from .convert.init_weights import init_model
 from .criterion import SetCriterion, build_weight_dict
 from .data import build_dataset
 from .data.transforms import Batch, TransformedDataset, build_test_transform, build_train_transforms, collate
@@ -876,9 +877,10 @@ def main(
 
     model = build_model(model_cfg)
     if cfg.init and resume_state is None:
-        skipped = load_init_weights(model, cfg.init)
-        if info.is_main and skipped:
-            print(f"--init {cfg.init}: class head re-initialised ({len(skipped)} tensors: {skipped})", file=sys.stderr)
+        init_report = init_model(model, cfg.init, classes)  # any checkpoint `faseg convert` reads; class head by name
+        if info.is_main:
+            print(init_report.format(), file=sys.stderr)
+            (out / "init_report.json").write_text(json.dumps(init_report.to_dict(), indent=2) + "\n")
     if cfg.freeze_backbone:
         freeze_backbone(model)
     model.to(device)

@@ -127,7 +127,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run directory: last/ (training state), best/, final/, metrics.jsonl",
     )
     parser.add_argument(
-        "--init", metavar="SRC", help="initial weights: a faseg checkpoint directory (see `faseg convert`)"
+        "--init",
+        metavar="SRC",
+        help="initial weights: a faseg checkpoint directory, an official detectron2 FASeg / Mask2Former .pth / .pkl "
+        "or a Hugging Face Mask2Former directory; class-head rows of classes shared by name are carried over "
+        "(reported in OUT/init_report.json)",
     )
     parser.add_argument("--iters", type=int, help="iterations (default: 160000; 90000 for cityscapes)")
     parser.add_argument("--batch", type=int, default=16, help="total images per optimiser step (default 16)")

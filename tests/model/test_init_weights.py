@@ -1,0 +1,116 @@
+"""`faseg train --init SRC`: any checkpoint `faseg convert` reads; class-head rows carried over by class name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from faseg.model import build_model, get_preset
+from faseg.model.checkpoint import CheckpointError, save_pretrained
+from faseg.model.convert import save_detectron2
+from faseg.model.convert.init_weights import detect_format, init_model
+from faseg.model.convert.warm_start import CLASS_HEAD, carry_class_head, match_classes
+
+SOURCE_CLASSES = ["sky", "grass", "road", "wall", "water", "sand", "tree", "vehicle", "pole", "ball"]
+TARGET_CLASSES = ["Road", "person", "sky", "building", "tree"]  # road, sky, tree shared
+
+
+def _random(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.state_dict().values():
+            if p.is_floating_point():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model
+
+
+def test_match_classes_by_name_and_synonym() -> None:
+    assert match_classes(["Road", "person", "sky"], ["sky", "road"]) == {0: 1, 2: 0}
+    # ADE20K-style names with alternatives match any of them, the first source match wins.
+    assert match_classes(["edifice", "car"], ["building, edifice", "car", "car"]) == {0: 0, 1: 1}
+
+
+def test_carry_class_head_rows_by_name() -> None:
+    fresh = {CLASS_HEAD + "weight": torch.zeros(6, 4), CLASS_HEAD + "bias": torch.zeros(6)}
+    src_w = torch.arange(11 * 4, dtype=torch.float32).reshape(11, 4) + 1
+    source = {CLASS_HEAD + "weight": src_w, CLASS_HEAD + "bias": torch.arange(11, dtype=torch.float32) + 1}
+    head, carry = carry_class_head(fresh, source, TARGET_CLASSES, SOURCE_CLASSES)
+    assert carry.mode == "by_name"
+    assert carry.carried == {"Road": "road", "sky": "sky", "tree": "tree"}
+    assert carry.initialised == ["person", "building"]
+    w = head[CLASS_HEAD + "weight"]
+    assert torch.equal(w[0], src_w[2]) and torch.equal(w[2], src_w[0]) and torch.equal(w[4], src_w[6])
+    assert torch.equal(w[1], torch.zeros(4)) and torch.equal(w[3], torch.zeros(4))
+    assert torch.equal(w[5], src_w[10])  # no-object row
+    assert head[CLASS_HEAD + "bias"].tolist() == [3.0, 0.0, 1.0, 0.0, 7.0, 11.0]
+    assert "3 of 5 classes carried over by name" in carry.summary()
+
+
+def test_carry_class_head_unknown_names_and_width_mismatch() -> None:
+    fresh = {CLASS_HEAD + "weight": torch.zeros(4, 4), CLASS_HEAD + "bias": torch.zeros(4)}
+    source = {CLASS_HEAD + "weight": torch.ones(4, 4), CLASS_HEAD + "bias": torch.ones(4)}
+    head, carry = carry_class_head(fresh, source, ["a", "b", "c"], None)
+    assert carry.mode == "by_index" and torch.equal(head[CLASS_HEAD + "weight"], torch.ones(4, 4))
+    head, carry = carry_class_head(fresh, {k: v[:3] for k, v in source.items()}, ["a", "b", "c"], None)
+    assert carry.mode == "none" and carry.initialised == ["a", "b", "c"]
+    assert torch.equal(head[CLASS_HEAD + "weight"][-1], torch.ones(4)) and head[CLASS_HEAD + "weight"][0].sum() == 0
+    with pytest.raises(ValueError, match="differ in width"):
+        carry_class_head(
+            fresh, {CLASS_HEAD + "weight": torch.ones(4, 5), CLASS_HEAD + "bias": torch.ones(4)}, "abc", None
+        )
+
+
+@pytest.fixture(scope="module")
+def source_model() -> torch.nn.Module:
+    return _random(build_model(get_preset("faseg_tiny", ["num_classes=10"])), 3)
+
+
+def _check_loaded(model: torch.nn.Module, source: torch.nn.Module) -> None:
+    own, src = model.state_dict(), source.state_dict()
+    for key, value in own.items():
+        if not key.startswith(CLASS_HEAD):
+            assert torch.equal(value, src[key]), key
+    w, sw = own[CLASS_HEAD + "weight"], src[CLASS_HEAD + "weight"]
+    assert (
+        torch.equal(w[0], sw[2])
+        and torch.equal(w[2], sw[0])
+        and torch.equal(w[4], sw[6])
+        and torch.equal(w[-1], sw[-1])
+    )
+    assert not torch.equal(w[1], sw[1])
+
+
+def test_init_from_faseg_directory_carries_shared_classes(tmp_path: Path, source_model) -> None:
+    directory = save_pretrained(source_model, tmp_path / "ckpt", classes=SOURCE_CLASSES)
+    assert detect_format(directory) == "faseg"
+    model = build_model(get_preset("faseg_tiny", [f"num_classes={len(TARGET_CLASSES)}"]))
+    report = init_model(model, str(directory), TARGET_CLASSES)
+    _check_loaded(model, source_model)
+    doc = report.to_dict()
+    assert doc["source_format"] == "faseg" and doc["class_head"]["carried"] == {
+        "Road": "road",
+        "sky": "sky",
+        "tree": "tree",
+    }
+    assert "no-object row carried" in report.format()
+
+
+def test_init_from_official_detectron2_file(tmp_path: Path, source_model) -> None:
+    path = save_detectron2(source_model, tmp_path / "official.pkl")
+    assert detect_format(path) == "detectron2"
+    # Official files name no classes: with the same count the rows carry over by index.
+    model = build_model(get_preset("faseg_tiny", ["num_classes=10"]))
+    report = init_model(model, str(path), [f"c{i}" for i in range(10)])
+    assert report.source_format == "detectron2" and report.class_head.mode == "by_index"
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, source_model.state_dict()[key]), key
+
+
+def test_init_errors_name_the_problem(tmp_path: Path, source_model) -> None:
+    with pytest.raises(CheckpointError, match="expected a faseg checkpoint directory"):
+        init_model(build_model(get_preset("faseg_tiny")), str(tmp_path / "nothing"), ["a"])
+    directory = save_pretrained(source_model, tmp_path / "ckpt", classes=SOURCE_CLASSES)
+    other = build_model(get_preset("faseg_tiny", ["decoder.dim_feedforward=128", "num_classes=10"]))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        init_model(other, str(directory), SOURCE_CLASSES)
