@@ -15,7 +15,7 @@ import faseg
 
 from .api.errors import install_error_handlers
 from .api.middleware import RequestContextMiddleware
-from .api.routes import health, metrics, models, segment, v2
+from .api.routes import health, metrics, models, segment, v2, v2_models
 from .backends import Backend
 from .core.config import Settings
 from .core.default_model import resolve_default_model
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.state.runtime = None
     install_error_handlers(app, service_metrics)
     app.add_middleware(RequestContextMiddleware, metrics=service_metrics)
-    for module in (segment, models, health, metrics, v2):
+    for module in (segment, models, health, metrics, v2, v2_models):
         app.include_router(module.router)
     return app
 

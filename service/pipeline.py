@@ -258,6 +258,7 @@ class Pipeline:
                 total_s=total_s,
                 input_s=t["decode"] / MS_PER_S,
                 output_s=(t["postprocess"] + t["encode"]) / MS_PER_S,
+                batch_size=rendered.batch_size,
             )
             rendered.timing_ms["total"] = round(total_s * MS_PER_S, 3)
         else:
