@@ -137,9 +137,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="images/s and latency per backend x batch size x precision, side by side",
         description="Time the serving backends on one model, interleaved in one run.",
     )
-    model.add_argument(
-        "--checkpoint", help="checkpoint directory or an .onnx file (default: the bundled demo model)"
-    )
+    model.add_argument("--checkpoint", help="checkpoint directory or an .onnx file (default: the bundled demo model)")
     model.add_argument(
         "--backends",
         default="torch,onnxruntime",
