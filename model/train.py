@@ -120,7 +120,7 @@ class TrainConfig:
     data: str = "synthetic:train"  # KIND:PATH (faseg.model.data.build_dataset), split "train"
     val_data: str | None = None  # KIND:PATH, split "val"; None = no periodic evaluation
     out: str = "runs/faseg"
-    init: str | None = None  # initial weights: a faseg checkpoint directory
+    init: str | None = None  # initial weights: faseg dir, detectron2 .pth/.pkl or HF dir (convert.init_weights)
     resume: bool = False  # continue from OUT/last when it exists
 
     # Schedule.
