@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 from faseg.model import build_model, get_preset
 from faseg.model.checkpoint import CheckpointError, save_pretrained
-from faseg.model.convert import save_detectron2
+from faseg.model.convert import convert_hf, save_detectron2
 from faseg.model.convert.init_weights import detect_format, init_model
 from faseg.model.convert.warm_start import CLASS_HEAD, carry_class_head, match_classes
 
@@ -114,3 +115,40 @@ def test_init_errors_name_the_problem(tmp_path: Path, source_model) -> None:
     other = build_model(get_preset("faseg_tiny", ["decoder.dim_feedforward=128", "num_classes=10"]))
     with pytest.raises(CheckpointError, match="do not fit"):
         init_model(other, str(directory), SOURCE_CLASSES)
+
+
+def test_init_from_hugging_face_directory_carries_classes_by_name(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_config = transformers.Mask2FormerConfig(
+        backbone_config=transformers.SwinConfig(
+            out_features=["stage1", "stage2", "stage3", "stage4"],
+            embed_dim=32,
+            depths=[1, 1, 2, 1],
+            num_heads=[1, 2, 2, 4],
+            window_size=4,
+        ),
+        id2label={i: name for i, name in enumerate(["wall", "Sky", "person", "road"])},
+        feature_size=64,
+        mask_feature_size=64,
+        hidden_dim=64,
+        encoder_feedforward_dim=128,
+        encoder_layers=2,
+        decoder_layers=4,
+        num_attention_heads=4,
+        dim_feedforward=128,
+        num_queries=10,
+    )
+    transformers.Mask2FormerForUniversalSegmentation(hf_config).save_pretrained(tmp_path / "hf")
+    assert detect_format(tmp_path / "hf") == "hf"
+    reference = convert_hf(tmp_path / "hf").model  # the same weights through `faseg convert`
+    model = build_model(dataclasses.replace(reference.cfg, num_classes=3))
+    report = init_model(model, str(tmp_path / "hf"), ["road", "tree", "sky"])
+    assert report.source_format == "hf"
+    assert report.class_head.carried == {"road": "road", "sky": "Sky"} and report.class_head.initialised == ["tree"]
+    own, ref = model.state_dict(), reference.state_dict()
+    for key, value in own.items():
+        if not key.startswith(CLASS_HEAD):
+            assert torch.equal(value, ref[key]), key
+    w, rw = own[CLASS_HEAD + "weight"], ref[CLASS_HEAD + "weight"]
+    assert torch.equal(w[0], rw[3]) and torch.equal(w[2], rw[1]) and torch.equal(w[-1], rw[-1])
