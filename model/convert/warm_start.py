@@ -173,10 +173,13 @@ def load_full_model(
 CLASS_HEAD = PRED + "class_embed."
 
 
-def _name_keys(name: str) -> set[str]:
-    """The spellings a class name matches under: the whole name and each comma-separated alternative."""
-    whole = " ".join(name.lower().split())
-    return {whole} | {" ".join(part.split()) for part in whole.split(",") if part.strip()}
+def _normalise(name: str) -> str:
+    return " ".join(name.lower().split())
+
+
+def _alternatives(name: str) -> list[str]:
+    """The comma-separated names of an ADE20K-style class (``"building, edifice"``)."""
+    return [part.strip() for part in _normalise(name).split(",") if part.strip()]
 
 
 @dataclass
@@ -216,22 +219,20 @@ class ClassHeadCarry:
 
 
 def match_classes(target: Sequence[str], source: Sequence[str]) -> dict[int, int]:
-    """Target class index -> source class index for the classes whose names match (the first match wins)."""
-    index: dict[str, int] = {}
+    """Target class index -> source class index for the classes whose names match: a whole name first, then
+    any comma-separated alternative; each source class is used once (the first target to match takes it)."""
+    whole: dict[str, int] = {}
+    alternative: dict[str, int] = {}
     for j, name in enumerate(source):
-        for key in _name_keys(name):
-            index.setdefault(key, j)
+        whole.setdefault(_normalise(name), j)
+        for alt in _alternatives(name):
+            alternative.setdefault(alt, j)
     matches: dict[int, int] = {}
-    used: set[int] = set()
     for i, name in enumerate(target):
-        keys = _name_keys(name)
-        whole = " ".join(name.lower().split())
-        j = index.get(whole)
-        if j is None:
-            j = next((index[k] for k in sorted(keys) if k in index), None)
-        if j is not None and j not in used:
+        candidates = [whole.get(_normalise(name)), *(alternative.get(alt) for alt in _alternatives(name))]
+        j = next((c for c in candidates if c is not None and c not in matches.values()), None)
+        if j is not None:
             matches[i] = j
-            used.add(j)
     return matches
 
 

@@ -30,6 +30,7 @@ def test_match_classes_by_name_and_synonym() -> None:
     assert match_classes(["Road", "person", "sky"], ["sky", "road"]) == {0: 1, 2: 0}
     # ADE20K-style names with alternatives match any of them, the first source match wins.
     assert match_classes(["edifice", "car"], ["building, edifice", "car", "car"]) == {0: 0, 1: 1}
+    assert match_classes(["edifice"], ["building, edifice", "edifice"]) == {0: 1}  # a whole name wins
 
 
 def test_carry_class_head_rows_by_name() -> None:
