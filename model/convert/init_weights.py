@@ -4,7 +4,8 @@
 
 * a faseg checkpoint directory (``config.json`` + ``model.safetensors``);
 * an official detectron2 FASeg / Mask2Former checkpoint (``.pth`` / ``.pkl``), imported by
-  :mod:`.detectron2` (a Mask2Former file into a FASeg model is warm-started, :mod:`.warm_start`);
+  :mod:`.detectron2` (a Mask2Former file into a FASeg model is warm-started, :mod:`.warm_start`), or a
+  detectron2 ImageNet backbone file (``R-50.pkl``: the backbone is loaded, everything else starts fresh);
 * a Hugging Face ``Mask2FormerForUniversalSegmentation`` directory, imported by :mod:`.hf` (warm-started into
   a FASeg model).
 
@@ -29,7 +30,13 @@ from torch import Tensor
 from ..checkpoint import WEIGHTS_NAME, CheckpointError, read_checkpoint_info
 from ..data.datasets import ADE20K_CLASSES, CITYSCAPES_CLASSES
 from ..faseg import FASeg
-from .detectron2 import config_is_faseg, convert_detectron2_state_dict, inspect_state, read_detectron2
+from .detectron2 import (
+    config_is_faseg,
+    convert_detectron2_state_dict,
+    inspect_state,
+    read_detectron2,
+    sniff_layout,
+)
 from .hf import config_from_hf, convert_hf, read_hf_config
 from .report import ConversionError
 from .warm_start import CLASS_HEAD, ClassHeadCarry, carry_class_head
@@ -47,7 +54,7 @@ class InitReport:
 
     source: str
     source_format: str  # "faseg" | "detectron2" | "hf"
-    loaded: int  # tensors loaded from the source, class head excluded
+    loaded: int  # tensors loaded from the source, class head and freshly initialised ones excluded
     class_head: ClassHeadCarry
     fresh: list[str] = field(default_factory=list)  # tensors a warm start initialises on purpose
     notes: list[str] = field(default_factory=list)
@@ -94,6 +101,11 @@ def _read_faseg(path: Path) -> tuple[dict[str, Tensor], list[str] | None, list[s
 
 def _read_detectron2(path: Path, model: FASeg) -> tuple[dict[str, Tensor], list[str] | None, list[str], list[str]]:
     state, meta = read_detectron2(path)
+    if sniff_layout(state) == "detectron2-backbone":  # ImageNet weights (R-50.pkl): the heads start fresh
+        conversion = convert_detectron2_state_dict(state, model.cfg, source=str(path), meta=meta)
+        loaded = set(conversion.report.loaded)
+        body = {k: v for k, v in conversion.model.state_dict().items() if not k.startswith(CLASS_HEAD)}
+        return body, None, sorted(set(body) - loaded), list(conversion.report.notes)
     facts = inspect_state(state)
     if facts.num_classes is None:
         raise ConversionError(f"{path}: no class head (sem_seg_head.predictor.class_embed); not a full checkpoint")
@@ -138,9 +150,13 @@ def init_model(model: FASeg, source: str | os.PathLike[str], classes: Sequence[s
             f"--init {source}: weights do not fit the model (missing: {missing[:8]}, unexpected: {unexpected[:8]}, "
             f"shape mismatch: {mismatched[:8]}); check --preset / --set"
         )
-    try:
-        head, carry = carry_class_head(own, state, classes, source_classes)
-    except ValueError as exc:
-        raise CheckpointError(f"--init {source}: {exc}") from None
+    if CLASS_HEAD + "weight" not in state:  # backbone-only weights
+        head = {k: v for k, v in own.items() if k.startswith(CLASS_HEAD)}
+        carry = ClassHeadCarry("none", {}, list(classes), no_object_carried=False)
+    else:
+        try:
+            head, carry = carry_class_head(own, state, classes, source_classes)
+        except ValueError as exc:
+            raise CheckpointError(f"--init {source}: {exc}") from None
     model.load_state_dict({**body, **head}, strict=True)
-    return InitReport(str(source), fmt, len(body), carry, fresh, notes)
+    return InitReport(str(source), fmt, len(set(body) - set(fresh)), carry, fresh, notes)

@@ -202,6 +202,8 @@ class ClassHeadCarry:
         return asdict(self)
 
     def summary(self) -> str:
+        if self.source_num_classes == 0:
+            return f"class head: none in the checkpoint; all {len(self.initialised)} classes and no-object start fresh"
         if self.mode == "all":
             return f"class head: all {len(self.carried)} classes and no-object carried (same classes)"
         if self.mode == "by_index":

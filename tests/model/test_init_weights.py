@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
 from faseg.model import build_model, get_preset
 from faseg.model.checkpoint import CheckpointError, save_pretrained
-from faseg.model.convert import convert_hf, save_detectron2
+from faseg.model.convert import convert_hf, save_detectron2, to_detectron2_state_dict
 from faseg.model.convert.init_weights import detect_format, init_model
 from faseg.model.convert.warm_start import CLASS_HEAD, carry_class_head, match_classes
 
@@ -107,6 +108,24 @@ def test_init_from_official_detectron2_file(tmp_path: Path, source_model) -> Non
     assert report.source_format == "detectron2" and report.class_head.mode == "by_index"
     for key, value in model.state_dict().items():
         assert torch.equal(value, source_model.state_dict()[key]), key
+
+
+def test_init_from_detectron2_backbone_file(tmp_path: Path, source_model) -> None:
+    """An ImageNet backbone in detectron2's layout (``R-50.pkl`` style): the backbone loads, the rest is fresh."""
+    official = to_detectron2_state_dict(source_model, include_criterion=False)
+    backbone = {k.removeprefix("backbone."): v.numpy() for k, v in official.items() if k.startswith("backbone.")}
+    path = tmp_path / "R-18.pkl"
+    path.write_bytes(pickle.dumps({"model": backbone, "__author__": "test"}))
+    model = build_model(get_preset("faseg_tiny", ["num_classes=3"]))
+    report = init_model(model, str(path), ["a", "b", "c"])
+    assert report.source_format == "detectron2" and report.class_head.mode == "none"
+    assert report.class_head.initialised == ["a", "b", "c"] and "none in the checkpoint" in report.format()
+    src = source_model.state_dict()
+    for key, value in model.state_dict().items():
+        if key.startswith("backbone.") and not key.endswith("num_batches_tracked"):
+            assert torch.equal(value, src[key]), key
+    assert report.loaded == len([k for k in model.state_dict() if k.startswith("backbone.")]), report.loaded
+    assert not torch.equal(model.state_dict()[CLASS_HEAD + "weight"][:3], src[CLASS_HEAD + "weight"][:3])
 
 
 def test_init_errors_name_the_problem(tmp_path: Path, source_model) -> None:
