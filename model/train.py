@@ -815,7 +815,9 @@ class MetricsLog:
 
 
 def _model_metadata(cfg: TrainConfig, iteration: int, extra: dict[str, Any]) -> dict[str, Any]:
+    init_report = Path(cfg.out) / "init_report.json"  # what --init carried over (written at the run's start)
     return {
+        "init": json.loads(init_report.read_text()) if init_report.is_file() else None,
         "trained_by": "faseg train",
         "preset": cfg.preset,
         "overrides": list(cfg.overrides),

@@ -128,7 +128,9 @@ def test_fine_tune_on_overlapping_classes_resume_export_serve(tmp_path: Path) ->
     assert iterations and iterations[-1] == 6
 
     final = run / "final"
-    assert read_checkpoint_info(final).classes == classes
+    info = read_checkpoint_info(final)
+    assert info.classes == classes
+    assert info.metadata["init"]["class_head"]["carried"] == report["class_head"]["carried"]  # also after the resume
     faseg("export", "onnx", "--checkpoint", str(final), "--out", "tuned.onnx", "--size", f"{SIZE}x{SIZE}", cwd=tmp_path)
     server = Served("--model", "tuned.onnx", cwd=tmp_path)
     try:
