@@ -1,4 +1,4 @@
-"""Where `faseg serve` finds its model when none is given (DESIGN §6, "embedded default").
+"""Where `faseg serve` finds its model when none is given.
 
 The bundled demo checkpoint (``faseg.model.demo.demo_checkpoint_dir()``) is exported to a portable ONNX file
 on first start and cached under ``Settings.cache_dir`` as ``demo-<hash>.onnx``, the hash covering the
