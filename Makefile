@@ -18,9 +18,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The ONNX Runtime custom-op library (C++; needs cmake and a C++ compiler). Cached under build/: a second run
+# compiles nothing and needs no network.
 custom-ops: setup
 	bash export/plugins/build.sh
 
+# Compile check of the CUDA kernels, TensorRT plugins and CUDA ORT ops; prints SKIPPED where nvcc is absent.
 cuda-check: setup
 	bash export/plugins/build_cuda.sh
 
@@ -38,8 +41,11 @@ container-check: setup
 lint: setup
 	$(BIN)/ruff check faseg model export service tests benchmarks
 
-test: setup lint
-	$(BIN)/pytest -m "not slow" -q
+# What CI runs: the native libraries are built first, so the plugin-flavour tests run instead of skipping
+# (FASEG_REQUIRE_CUSTOM_OPS=1 turns a missing library into a failure). `-ra` ends the run with every skip and
+# its reason (GPU, TensorRT, container and browser tests skip where those are absent).
+test: setup lint custom-ops cuda-check
+	FASEG_REQUIRE_CUSTOM_OPS=1 $(BIN)/pytest -m "not slow" -q -ra
 
 test-slow: setup
 	$(BIN)/pytest -m slow -q

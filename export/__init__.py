@@ -1,1 +1,1 @@
-"""ONNX / TensorRT export (see DESIGN §5)."""
+"""ONNX / TensorRT export."""

@@ -1,7 +1,8 @@
 """fp32 ONNX graph -> mixed fp16/fp32 graph by explicit Cast insertion (``faseg export onnx --precision fp16``).
 
 TensorRT 10+/11 networks are strongly typed: an fp16 engine needs an ONNX graph whose tensors already carry
-fp16 types, with the precision-sensitive regions left in fp32 behind Cast nodes (export_anchors.md §2.1, §3).
+fp16 types, with the precision-sensitive regions left in fp32 behind Cast nodes (TensorRT's
+strongly typed mode keeps every tensor in the type the ONNX graph gives it).
 This pass produces that graph from our fp32 export.
 
 Why our own pass: onnxconverter-common 1.16 (``float16.convert_float_to_float16``) retypes the outputs of

@@ -172,10 +172,10 @@ class OptimizeHead(ExportStep):
 class MixedPrecision(ExportStep):
     """``--precision fp16``: an fp16 graph with the precision-sensitive parts held in fp32 behind Casts.
 
-    Held in fp32 (export_anchors.md §3 "FP16 accuracy", spec §7): the backbone's input stem (its first
-    convolution: with it in fp16 the demo model's median mask-logit error was 0.095 and 99.1% of labels agreed;
-    with it in fp32, 0.008 and 99.8%, for 3 of 837 fp16 nodes); the deformable-attention core of every
-    pixel-decoder layer (sampling locations, attention-weight softmax, bilinear sampling and the weighted sum;
+    Held in fp32 (the usual fp16 hazards: input statistics, softmax, sampling coordinates): the backbone's
+    input stem (its first convolution: with it in fp16 the demo model's median mask-logit error was 0.095 and
+    99.1% of labels agreed; with it in fp32, 0.008 and 99.8%, for 3 of 837 fp16 nodes); the deformable-attention core
+    of every pixel-decoder layer (sampling locations, attention-weight softmax, bilinear sampling and the weighted sum;
     its four Linear projections run fp16) or its plugin node; HRCA's window scores (the head-summed 1/32
     attention) and every TopK; and, by :mod:`faseg.export.mixed_precision`'s rules, every comparison (the
     masked-attention and pooling thresholds decide on fp32 values), the positional encodings and shape

@@ -18,7 +18,7 @@ method; a failure raises :class:`EngineBuildError` naming the step):
 
 Steps 1, 2 and 5's metadata are plain Python and tested without TensorRT; steps 3-4 need TensorRT
 10+ and a GPU and are written against its public Python API, not run on the development machines
-(export_anchors.md §0.1).
+(TensorRT's runtime libraries cannot be installed there).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Written against TensorRT's public Python API (10.x, name-based tensors: ``set_in
 already depends on torch); host staging buffers are pinned torch tensors.
 
 Not exercised on the development machines: TensorRT's libraries cannot be installed there
-(export_anchors.md §0.1); ``tests/export/test_tensorrt.py`` runs it where they can.
+(PyPI's ``tensorrt-cu12-libs`` only points at NVIDIA's own index);
+``tests/export/test_tensorrt.py`` runs it where they can.
 
 Typical use::
 

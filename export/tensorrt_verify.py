@@ -5,8 +5,8 @@ Imported only by :func:`faseg.export.verify.verify` when TensorRT is tried. It i
 :mod:`faseg.export.tensorrt_build` (ONNX → engine); neither imports ``tensorrt`` at module import.
 
 Not exercised on the development machines: TensorRT's libraries cannot be installed there
-(``export_anchors.md`` §0.1), so :func:`unavailable_reason` reports why and verify writes
-``"unavailable: <reason>"``.
+(PyPI's ``tensorrt-cu12-libs`` only points at NVIDIA's own index), so :func:`unavailable_reason` reports why and
+verify writes ``"unavailable: <reason>"``.
 
 Limits:
 - An engine built here for verification clears TF32 (TensorRT enables it by default for fp32 layers), so the

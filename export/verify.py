@@ -46,8 +46,8 @@ class Tolerances:
     logits_median_abs: float | None = None  # maximum over pred_logits / pred_masks of the median |runtime − torch|
 
 
-#: By the file's precision. fp32 is the issue's acceptance bar. fp16 follows export_anchors.md §6 (mmdeploy /
-#: Polygraphy practice): fp16 moves logits of magnitude ~50 by more than 2e-2 and flips a few threshold decisions
+#: By the file's precision. fp32 is the issue's acceptance bar. fp16 follows mmdeploy /
+#: Polygraphy practice: fp16 moves logits of magnitude ~50 by more than 2e-2 and flips a few threshold decisions
 #: near their boundary, so it is gated on the median error and on label agreement, and the maxima are reported.
 TOLERANCES = {
     "fp32": Tolerances(label_agreement=0.999, logits_max_abs=1e-3, confidence_max_abs=1e-3),

@@ -1,4 +1,4 @@
-"""The `faseg` command line: one entry point, one subcommand per job (DESIGN §2).
+"""The `faseg` command line: one entry point, one subcommand per job.
 
 Subcommands live in :mod:`faseg.commands` (one module each). Every subcommand that builds a model accepts
 ``--set key=value`` overrides with dotted keys (``--set decoder.num_queries=50``).

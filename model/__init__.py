@@ -1,4 +1,4 @@
-"""FASeg model: backbones, pixel decoder, transformer decoder, heads, presets (see DESIGN §3)."""
+"""FASeg model: backbones, pixel decoder, transformer decoder, heads, presets."""
 
 from .checkpoint import from_pretrained, load_serving_module, save_pretrained
 from .config import ModelConfig, apply_overrides

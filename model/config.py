@@ -3,7 +3,7 @@
 A preset (``faseg.model.presets``) is just a ``ModelConfig`` value. Every field can be overridden with a
 dotted key (``apply_overrides(cfg, ["decoder.num_queries=50"])``); the same ``--set k=v`` syntax is used by
 every CLI subcommand. Field comments give the official value and where it comes from
-(``F:`` = ziplab/FASeg, ``M:`` = Mask2Former, see ``shared/reference/faseg_spec.md``).
+(``F:`` = the official ziplab/FASeg code, ``M:`` = the official Mask2Former code).
 """
 
 from __future__ import annotations

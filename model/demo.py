@@ -1,4 +1,4 @@
-"""The bundled demo model: ``faseg_tiny`` trained on the synthetic dataset (DESIGN §6 "embedded default").
+"""The bundled demo model: ``faseg_tiny`` trained on the synthetic dataset.
 
 It ships inside the package as ``faseg/model/demo_model/`` (``config.json`` + ``model.safetensors``, our
 checkpoint format, class names and palette of the synthetic dataset; package data, so it is found after a

@@ -1,4 +1,4 @@
-"""Presets: named :class:`ModelConfig` values (DESIGN §3).
+"""Presets: named :class:`ModelConfig` values.
 
 A plain dict keyed by the builder's own name; registering a name twice raises. Values are from the official
 configs (spec §1–§3, §5): ``F:configs/ade20k/semantic-segmentation/faseg_r50.yaml`` and its Swin / Cityscapes

@@ -66,6 +66,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .checkpoint import CheckpointError, read_checkpoint_info, save_pretrained
 from .config import ModelConfig
+from .convert.init_weights import init_model
 from .criterion import SetCriterion, build_weight_dict
 from .data import build_dataset
 from .data.transforms import Batch, TransformedDataset, build_test_transform, build_train_transforms, collate
@@ -119,7 +120,7 @@ class TrainConfig:
     data: str = "synthetic:train"  # KIND:PATH (faseg.model.data.build_dataset), split "train"
     val_data: str | None = None  # KIND:PATH, split "val"; None = no periodic evaluation
     out: str = "runs/faseg"
-    init: str | None = None  # initial weights: a faseg checkpoint directory
+    init: str | None = None  # initial weights: faseg dir, detectron2 .pth/.pkl or HF dir (convert.init_weights)
     resume: bool = False  # continue from OUT/last when it exists
 
     # Schedule.
@@ -814,7 +815,9 @@ class MetricsLog:
 
 
 def _model_metadata(cfg: TrainConfig, iteration: int, extra: dict[str, Any]) -> dict[str, Any]:
+    init_report = Path(cfg.out) / "init_report.json"  # what --init carried over (written at the run's start)
     return {
+        "init": json.loads(init_report.read_text()) if init_report.is_file() else None,
         "trained_by": "faseg train",
         "preset": cfg.preset,
         "overrides": list(cfg.overrides),
@@ -876,9 +879,10 @@ def main(
 
     model = build_model(model_cfg)
     if cfg.init and resume_state is None:
-        skipped = load_init_weights(model, cfg.init)
-        if info.is_main and skipped:
-            print(f"--init {cfg.init}: class head re-initialised ({len(skipped)} tensors: {skipped})", file=sys.stderr)
+        init_report = init_model(model, cfg.init, classes)  # any checkpoint `faseg convert` reads; class head by name
+        if info.is_main:
+            print(init_report.format(), file=sys.stderr)
+            (out / "init_report.json").write_text(json.dumps(init_report.to_dict(), indent=2) + "\n")
     if cfg.freeze_backbone:
         freeze_backbone(model)
     model.to(device)

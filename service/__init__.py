@@ -1,4 +1,4 @@
-"""HTTP serving (DESIGN §6): FastAPI app, settings, dynamic batcher, backends, metrics, KServe v2.
+"""HTTP serving: FastAPI app, settings, dynamic batcher, backends, metrics, KServe v2.
 
 Public entry points (imported lazily, so ``import faseg.service`` stays cheap):
 ``Settings``, ``create_app(settings)`` and ``run(settings) -> exit code``.

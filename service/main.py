@@ -19,7 +19,7 @@ from .api.admission import AdmissionMiddleware
 from .api.auth import ApiKeyMiddleware, ApiKeys
 from .api.errors import install_error_handlers
 from .api.middleware import RequestContextMiddleware
-from .api.routes import health, metrics, models, segment, ui, v2
+from .api.routes import health, metrics, models, segment, ui, v2, v2_models
 from .backends import Backend
 from .core.config import Settings
 from .core.default_model import resolve_default_model
@@ -92,7 +92,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.state.runtime = None
     install_error_handlers(app, service_metrics)
     _add_middleware(app, settings, lifecycle, service_metrics)
-    for module in (segment, models, health, metrics, v2):
+    for module in (segment, models, health, metrics, v2, v2_models):
         app.include_router(module.router)
     if settings.ui:
         app.include_router(ui.router)

@@ -7,79 +7,16 @@ one inference, a *batch* is one model run; mean batch size = ``faseg_batch_size_
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from .kserve_stats import ModelStatistics
 
 NS_PER_S = 1_000_000_000
 STAGES = ("decode", "queue", "infer", "postprocess", "encode", "total")
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024)
-
-
-@dataclass
-class _Duration:
-    count: int = 0
-    ns: int = 0
-
-    def add(self, seconds: float, count: int = 1) -> None:
-        self.count += count
-        self.ns += int(seconds * NS_PER_S)
-
-    def as_json(self) -> dict[str, int]:
-        return {"count": self.count, "ns": self.ns}
-
-
-@dataclass
-class ModelStatistics:
-    """Triton's per-model statistics: success / fail / queue / compute_{input,infer,output} and per batch
-    size; compute_input is decode + letterbox, compute_output is post-processing + encoding."""
-
-    success: _Duration = field(default_factory=_Duration)
-    fail: _Duration = field(default_factory=_Duration)
-    queue: _Duration = field(default_factory=_Duration)
-    compute_input: _Duration = field(default_factory=_Duration)
-    compute_infer: _Duration = field(default_factory=_Duration)
-    compute_output: _Duration = field(default_factory=_Duration)
-    inference_count: int = 0
-    execution_count: int = 0
-    last_inference_ms: int = 0
-    batch_infer: dict[int, _Duration] = field(default_factory=lambda: defaultdict(_Duration))
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def as_json(self, name: str, version: str) -> dict[str, Any]:
-        with self.lock:
-            return {
-                "name": name,
-                "version": version,
-                "last_inference": self.last_inference_ms,
-                "inference_count": self.inference_count,
-                "execution_count": self.execution_count,
-                "inference_stats": {
-                    "success": self.success.as_json(),
-                    "fail": self.fail.as_json(),
-                    "queue": self.queue.as_json(),
-                    "compute_input": self.compute_input.as_json(),
-                    "compute_infer": self.compute_infer.as_json(),
-                    "compute_output": self.compute_output.as_json(),
-                    "cache_hit": {"count": 0, "ns": 0},
-                    "cache_miss": {"count": 0, "ns": 0},
-                },
-                "batch_stats": [
-                    {
-                        "batch_size": size,
-                        "compute_input": {"count": d.count, "ns": 0},
-                        "compute_infer": d.as_json(),
-                        "compute_output": {"count": d.count, "ns": 0},
-                    }
-                    for size, d in sorted(self.batch_infer.items())
-                ],
-            }
 
 
 class ServiceMetrics:
@@ -141,14 +78,7 @@ class ServiceMetrics:
         self.stage_duration.labels("infer").observe(infer_s)
         for waited in queue_s:
             self.stage_duration.labels("queue").observe(waited)
-        with self.stats.lock:
-            self.stats.inference_count += size
-            self.stats.execution_count += 1
-            self.stats.last_inference_ms = int(time.time() * 1000)
-            self.stats.compute_infer.add(infer_s)
-            self.stats.batch_infer[size].add(infer_s)
-            for waited in queue_s:
-                self.stats.queue.add(waited)
+        self.stats.record_batch(size, infer_s, queue_s)
 
     def images_dropped(self, reason: str, count: int) -> None:
         self.dropped.labels(reason).inc(count)
@@ -161,8 +91,7 @@ class ServiceMetrics:
     def stage(self, name: str, seconds: float) -> None:
         self.stage_duration.labels(name).observe(seconds)
 
-    def image_done(self, *, ok: bool, total_s: float, input_s: float, output_s: float) -> None:
-        with self.stats.lock:
-            (self.stats.success if ok else self.stats.fail).add(total_s)
-            self.stats.compute_input.add(input_s)
-            self.stats.compute_output.add(output_s)
+    def image_done(
+        self, *, ok: bool, total_s: float, input_s: float, output_s: float, batch_size: int | None = None
+    ) -> None:
+        self.stats.record_image(ok=ok, total_s=total_s, input_s=input_s, output_s=output_s, batch_size=batch_size)

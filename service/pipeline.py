@@ -27,6 +27,7 @@ from .core.config import Settings
 from .core.errors import ClientDisconnected, DeadlineExceeded, InternalError, ServiceError
 from .imaging.decode import DecodedImage, decode_image
 from .imaging.encode import label_png, overlay_jpeg
+from .imaging.hf_segmentation import hf_segments
 from .imaging.letterbox import Letterbox, fit, letterbox, restore
 from .imaging.rle import class_rles
 from .imaging.stats import class_stats_resized
@@ -34,11 +35,11 @@ from .metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
-OUTPUT_NAMES = ("stats", "rle", "png", "overlay")
+OUTPUT_NAMES = ("stats", "rle", "png", "overlay", "hf")  # hf: the Hugging Face image-segmentation answer
 # Internal output: the label array itself (the KServe v2 LABELS tensor).
 LABELS_OUTPUT = "labels"
 # Outputs made from the label map at the output size (the others need only the model-resolution map).
-MAP_OUTPUTS = frozenset({"rle", "png", LABELS_OUTPUT})
+MAP_OUTPUTS = frozenset({"rle", "png", "hf", LABELS_OUTPUT})
 OutputSize = Literal["original", "model"]
 MS_PER_S = 1000.0
 
@@ -216,6 +217,8 @@ class Pipeline:
         png = None
         if "rle" in options.outputs:
             fields["rle"] = class_rles(labels, self._info.classes)
+        if "hf" in options.outputs:
+            fields["hf"] = hf_segments(labels, self._info.classes)
         if "png" in options.outputs:
             png = label_png(labels, self._info.palette, compress_level=self._settings.png_compress_level)
         if "overlay" in options.outputs and prepared.image is not None:
@@ -259,6 +262,7 @@ class Pipeline:
                 total_s=total_s,
                 input_s=t["decode"] / MS_PER_S,
                 output_s=(t["postprocess"] + t["encode"]) / MS_PER_S,
+                batch_size=rendered.batch_size,
             )
             rendered.timing_ms["total"] = round(total_s * MS_PER_S, 3)
         else:

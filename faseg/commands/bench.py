@@ -37,10 +37,11 @@ def _emit(report: dict, args: argparse.Namespace, out: Path | None) -> None:
 
 def run_model(args: argparse.Namespace) -> int:
     from faseg.bench.model_bench import BenchError, run_model_bench
+    from faseg.model.demo import demo_checkpoint_dir
 
     try:
         report = run_model_bench(
-            args.checkpoint,
+            args.checkpoint or str(demo_checkpoint_dir()),
             backends=[b.strip() for b in args.backends.split(",") if b.strip()],
             precisions=[p.strip() for p in args.precision.split(",") if p.strip()],
             batches=parse_list(args.batch, int, "--batch"),
@@ -138,7 +139,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="images/s and latency per backend x batch size x precision, side by side",
         description="Time the serving backends on one model, interleaved in one run.",
     )
-    model.add_argument("--checkpoint", required=True, help="checkpoint directory (or an .onnx file)")
+    model.add_argument("--checkpoint", help="checkpoint directory or an .onnx file (default: the bundled demo model)")
     model.add_argument(
         "--backends",
         default="torch,onnxruntime",

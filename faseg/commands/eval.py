@@ -1,4 +1,4 @@
-"""`faseg eval`: mIoU, per-class IoU and pixel accuracy of a checkpoint on a dataset (spec §4).
+"""`faseg eval`: mIoU, per-class IoU and pixel accuracy of a checkpoint on a dataset (detectron2's SemSegEvaluator).
 
     faseg eval --data synthetic:val --json                        # the bundled demo model
     faseg eval --checkpoint runs/r50/best --data ade20k:/data/ADEChallengeData2016 --tta --json

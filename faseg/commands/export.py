@@ -20,6 +20,7 @@ from . import CLIError
 
 def run_onnx(args: argparse.Namespace) -> int:
     from faseg.export.onnx_export import ExportOptions, export_checkpoint
+    from faseg.model.demo import demo_checkpoint_dir
     from faseg.model.summary import parse_size
 
     options = ExportOptions(
@@ -33,7 +34,7 @@ def run_onnx(args: argparse.Namespace) -> int:
     )
     if not str(args.out).endswith(".onnx"):
         raise CLIError(f"--out {args.out!r} must name a .onnx file")
-    result = export_checkpoint(args.checkpoint, args.out, options)
+    result = export_checkpoint(args.checkpoint or demo_checkpoint_dir(), args.out, options)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
         return 0
@@ -58,7 +59,9 @@ def _register_onnx(targets: argparse._SubParsersAction) -> None:
         description="Export a checkpoint to ONNX: input images uint8 [N,H,W,3] RGB, outputs labels/confidence "
         "(and raw logits on request), faseg.* metadata. See docs/export.md.",
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (save_pretrained layout)")
+    parser.add_argument(
+        "--checkpoint", help="checkpoint directory (save_pretrained layout; default: the bundled demo model)"
+    )
     parser.add_argument("--out", required=True, help="output .onnx file")
     parser.add_argument("--size", help="input HxW, multiples of 32 (default: the checkpoint's input size)")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""`faseg train`: fine-tune or train a preset with the official recipe (spec §3; faseg.model.train).
+"""`faseg train`: fine-tune or train a preset with the official recipe (faseg.model.train).
 
     faseg train --preset faseg_r50_ade20k --data ade20k:/data/ADEChallengeData2016 \\
         --val-data ade20k:/data/ADEChallengeData2016 --out runs/r50 --init checkpoints/init
@@ -18,7 +18,7 @@ import sys
 
 from . import CLIError, add_kernels_option, add_overrides
 
-# Official schedule lengths (spec §3.4, §3.7); anything else gets the ADE20K length.
+# Official schedule lengths (Mask2Former's ADE20K and Cityscapes configs); anything else gets the ADE20K length.
 _DEFAULT_ITERS = {"ade20k": 160_000, "cityscapes": 90_000}
 
 
@@ -133,13 +133,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run directory: last/ (training state), best/, final/, metrics.jsonl",
     )
     parser.add_argument(
-        "--init", metavar="SRC", help="initial weights: a faseg checkpoint directory (see `faseg convert`)"
+        "--init",
+        metavar="SRC",
+        help="initial weights: a faseg checkpoint directory, an official detectron2 FASeg / Mask2Former .pth / .pkl "
+        "or a Hugging Face Mask2Former directory; class-head rows of classes shared by name are carried over "
+        "(reported in OUT/init_report.json)",
     )
     parser.add_argument("--iters", type=int, help="iterations (default: 160000; 90000 for cityscapes)")
     parser.add_argument("--batch", type=int, default=16, help="total images per optimiser step (default 16)")
     parser.add_argument("--accum", type=int, default=1, help="gradient-accumulation micro-batches per step (default 1)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last when it exists")
-    opt = parser.add_argument_group("optimisation (defaults: the official recipe, spec §3.4)")
+    opt = parser.add_argument_group("optimisation (defaults: the official recipe)")
     opt.add_argument("--lr", type=float, default=1e-4, help="base learning rate (default 1e-4)")
     opt.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
     opt.add_argument("--backbone-multiplier", type=float, default=0.1, help="backbone LR factor (default 0.1)")

@@ -23,13 +23,23 @@ mapping, in our parameter names:
 
 Mask2Former's sine K_p has no parameters, so nothing maps onto ``pos_linear``: the copied deformable encoder
 and decoder layers see a different key PE until fine-tuning adapts them. Fine-tune after a warm start.
+
+**Class head across class sets** (:func:`carry_class_head`, used by ``faseg train --init``): the class head
+``class_embed`` has one row per class plus the no-object row last. When the fine-tuning classes differ from
+the checkpoint's, a class whose name the checkpoint also has keeps the checkpoint's row (names compared
+case-insensitively; an ADE20K-style ``"building, edifice"`` matches any of its comma-separated names), the
+no-object row is always carried, and the other classes keep their fresh initialisation. What was carried is
+returned as a :class:`ClassHeadCarry` for the run's log and report.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .report import ConversionReport, load_converted
@@ -156,3 +166,127 @@ def load_full_model(
         allow_partial=allow_partial,
         source_names=names,
     )
+
+
+# ----------------------------------------------------------------------------------------------- class head
+
+CLASS_HEAD = PRED + "class_embed."
+
+
+def _normalise(name: str) -> str:
+    return " ".join(name.lower().split())
+
+
+def _alternatives(name: str) -> list[str]:
+    """The comma-separated names of an ADE20K-style class (``"building, edifice"``)."""
+    return [part.strip() for part in _normalise(name).split(",") if part.strip()]
+
+
+@dataclass
+class ClassHeadCarry:
+    """What :func:`carry_class_head` did with the class head (for logs, ``init_report.json`` and metadata).
+
+    ``mode``: ``"all"`` (the same classes: the head loaded whole), ``"by_name"`` (rows of shared class names
+    carried), ``"by_index"`` (the same count, the source's names unknown) or ``"none"`` (nothing shared).
+    ``carried`` maps a target class to the source class its row came from; ``initialised`` lists the target
+    classes that keep their fresh rows.
+    """
+
+    mode: str
+    carried: dict[str, str] = field(default_factory=dict)
+    initialised: list[str] = field(default_factory=list)
+    no_object_carried: bool = True
+    source_num_classes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if self.source_num_classes == 0:
+            return f"class head: none in the checkpoint; all {len(self.initialised)} classes and no-object start fresh"
+        if self.mode == "all":
+            return f"class head: all {len(self.carried)} classes and no-object carried (same classes)"
+        if self.mode == "by_index":
+            return (
+                f"class head: the checkpoint's class names are unknown; its {self.source_num_classes} rows carried "
+                "by index"
+            )
+        shared = ", ".join(f"{t}<-{s}" if t != s else t for t, s in self.carried.items()) or "none"
+        fresh = ", ".join(self.initialised) or "none"
+        return (
+            f"class head: {len(self.carried)} of {len(self.carried) + len(self.initialised)} classes carried over by "
+            f"name from the checkpoint's {self.source_num_classes} ({shared}); newly initialised: {fresh}; "
+            f"no-object row {'carried' if self.no_object_carried else 'newly initialised'}"
+        )
+
+
+def match_classes(target: Sequence[str], source: Sequence[str]) -> dict[int, int]:
+    """Target class index -> source class index for the classes whose names match: a whole name first, then
+    any comma-separated alternative; each source class is used once (the first target to match takes it)."""
+    whole: dict[str, int] = {}
+    alternative: dict[str, int] = {}
+    for j, name in enumerate(source):
+        whole.setdefault(_normalise(name), j)
+        for alt in _alternatives(name):
+            alternative.setdefault(alt, j)
+    matches: dict[int, int] = {}
+    for i, name in enumerate(target):
+        candidates = [whole.get(_normalise(name)), *(alternative.get(alt) for alt in _alternatives(name))]
+        j = next((c for c in candidates if c is not None and c not in matches.values()), None)
+        if j is not None:
+            matches[i] = j
+    return matches
+
+
+def carry_class_head(
+    fresh: dict[str, Tensor],
+    source: dict[str, Tensor],
+    target_classes: Sequence[str],
+    source_classes: Sequence[str] | None,
+) -> tuple[dict[str, Tensor], ClassHeadCarry]:
+    """The class-head tensors (``class_embed.weight`` / ``.bias``, K+1 rows) for the target classes.
+
+    ``fresh``: the model's own, freshly initialised tensors; ``source``: the checkpoint's (our names).
+    ``source_classes`` None means the checkpoint does not name its classes: its rows then carry over by index
+    when the counts agree, else only the no-object row does. Raises ``ValueError`` when the class heads
+    differ in anything but their row count.
+    """
+    keys = sorted(k for k in fresh if k.startswith(CLASS_HEAD))
+    src_rows = int(source[CLASS_HEAD + "weight"].shape[0]) - 1
+    for key in keys:
+        if key not in source:
+            raise ValueError(f"the checkpoint has no {key}")
+        if tuple(source[key].shape[1:]) != tuple(fresh[key].shape[1:]):
+            raise ValueError(
+                f"{key}: checkpoint {tuple(source[key].shape)} vs model {tuple(fresh[key].shape)}: the class heads "
+                "differ in width, not only in their classes"
+            )
+    target = list(target_classes)
+    if source_classes is not None and len(source_classes) != src_rows:
+        source_classes = None  # names that do not fit the head are no names
+    if source_classes is not None and [c.lower() for c in source_classes] == [c.lower() for c in target]:
+        carry = ClassHeadCarry("all", {c: c for c in target}, [], True, src_rows)
+        return {k: source[k].clone() for k in keys}, carry
+    if source_classes is None:
+        if src_rows == len(target):
+            return {k: source[k].clone() for k in keys}, ClassHeadCarry("by_index", {}, [], True, src_rows)
+        matches: dict[int, int] = {}
+    else:
+        matches = match_classes(target, source_classes)
+    out: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for key in keys:
+            merged = fresh[key].clone()
+            for i, j in matches.items():
+                merged[i] = source[key][j]
+            merged[-1] = source[key][-1]  # the no-object row
+            out[key] = merged
+    names = list(source_classes) if source_classes is not None else []
+    carry = ClassHeadCarry(
+        "by_name" if matches else "none",
+        {target[i]: names[j] for i, j in sorted(matches.items())},
+        [c for i, c in enumerate(target) if i not in matches],
+        True,
+        src_rows,
+    )
+    return out, carry

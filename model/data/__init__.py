@@ -1,4 +1,4 @@
-"""Datasets, augmentations and batching for semantic segmentation (DESIGN §4, spec §3.5–3.6)."""
+"""Datasets, augmentations and batching for semantic segmentation."""
 
 from .datasets import (
     ADE20KDataset,

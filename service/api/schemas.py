@@ -50,6 +50,12 @@ class OutputInfo(BaseModel):
     size: Literal["original", "model"]
 
 
+class HFSegmentOut(BaseModel):
+    label: str
+    score: float | None = Field(description="null: semantic segmentation has no per-mask score.")
+    mask: str = Field(description="Base64 PNG, mode L, 255 where the class is.")
+
+
 class SegmentResult(BaseModel):
     image: ImageInfo
     output: OutputInfo
@@ -59,6 +65,10 @@ class SegmentResult(BaseModel):
     rle: list[ClassRLEOut] | None = None
     png: str | None = Field(None, description="Base64 PNG label map (palette mode, or 16-bit past 256 classes).")
     overlay: str | None = Field(None, description="Base64 JPEG of the class colours over the image.")
+    hf: list[HFSegmentOut] | None = Field(
+        None,
+        description="Hugging Face image-segmentation entries; with outputs=hf alone the answer is this list itself.",
+    )
 
 
 class SegmentResponse(SegmentResult):

@@ -27,7 +27,7 @@ MiB = 1024 * 1024
 # Pillow raises DecompressionBombError above twice its MAX_IMAGE_PIXELS default (2 × 89,478,485); a larger
 # cap would switch that last guard off, so it is the ceiling for ours.
 PILLOW_BOMB_ERROR_PIXELS = 178_956_970
-# Batching on a GPU pays for a short wait; on a CPU it rarely does (serving_anchors §5.3).
+# Batching on a GPU pays for a short wait; on a CPU it rarely does (Triton's guidance).
 DEFAULT_QUEUE_DELAY_MS = {"cpu": 0.0, "cuda": 2.0}
 ONNX_SUFFIXES = (".onnx",)
 # Shorter keys can be guessed; 16 characters is what `openssl rand -hex 8` gives.

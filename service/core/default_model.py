@@ -1,4 +1,4 @@
-"""Where `faseg serve` finds its model when none is given (DESIGN §6, "embedded default").
+"""Where `faseg serve` finds its model when none is given.
 
 The bundled demo checkpoint (``faseg.model.demo.demo_checkpoint_dir()``) is exported to a portable ONNX file
 on first start and cached under ``Settings.cache_dir`` as ``demo-<hash>.onnx``, the hash covering the
@@ -32,6 +32,11 @@ def _digest(checkpoint: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def demo_onnx_name(checkpoint: Path) -> str:
+    """The cached export's file name, keyed by the checkpoint's contents."""
+    return f"demo-{_digest(checkpoint)}.onnx"
+
+
 def resolve_default_model(cache_dir: Path | None = None) -> Path:
     """Path of the ONNX file to serve when ``--model`` is not given, exporting and caching it if needed.
 
@@ -46,7 +51,7 @@ def resolve_default_model(cache_dir: Path | None = None) -> Path:
             "FASEG_MODEL"
         )
     cache = Path(cache_dir or default_cache_dir()).expanduser()
-    target = cache / f"demo-{_digest(checkpoint)}.onnx"
+    target = cache / demo_onnx_name(checkpoint)
     if target.is_file():
         return target
     try:

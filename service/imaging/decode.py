@@ -1,4 +1,4 @@
-"""Decoding untrusted image bytes (serving_anchors §4).
+"""Decoding untrusted image bytes.
 
 Order of checks, cheapest first: the format is sniffed from the magic bytes and only JPEG, PNG and WebP
 reach Pillow (and only their own plugin); the size is read from the header by the lazy ``Image.open``

@@ -172,7 +172,7 @@ def test_faseg_tiny_fp16(flavour: str, tmp_path: Path) -> None:
 
 
 def test_shipped_demo_model_fp16_passes(tmp_path: Path) -> None:
-    """The trained demo weights: label agreement ≥ 99.5% and median logit error ≤ 2e-2 (export_anchors.md §6)."""
+    """The trained demo weights: label agreement ≥ 99.5% and median logit error ≤ 2e-2 (Polygraphy practice)."""
     out = tmp_path / "demo16.onnx"
     export_checkpoint(default_checkpoint(), out, ExportOptions(precision="fp16", outputs="labels,confidence,logits"))
     report = verify(out, batch_size=4, tensorrt="off")

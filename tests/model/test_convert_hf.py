@@ -3,7 +3,7 @@
 A small random ``Mask2FormerForUniversalSegmentation`` (Swin backbone) is saved with ``save_pretrained``,
 converted with ``faseg convert --from hf``, reloaded with ``from_pretrained`` and compared in fp32 on one
 padded, non-square batch of 2: backbone features, pixel-decoder maps and mask features, and the class and mask
-logits of every decoder layer (max abs difference <= 1e-4).
+logits of every decoder layer (max abs difference <= 1e-5; measured: at most 2.5e-6, in the pixel decoder).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from faseg.cli import main as cli_main
 
 transformers = pytest.importorskip("transformers")
 
-TOL = 1e-4
+TOL = 1e-5  # measured 2026-12-03: 2.5e-6 at most over the three parity tests
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
 
 # Two configs that differ in every size the converter derives: Swin width / depths / heads / window (4 divides

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -67,7 +68,8 @@ def test_batched_infer_and_stats_output(triton: object, client: httpx.Client, ph
     result = triton.infer(MODEL, [image])  # type: ignore[attr-defined]  # no outputs: all, binary
     labels = result.as_numpy("LABELS")
     assert labels.shape == (2, 512, 512)
-    stats = [json.loads(s) for s in result.as_numpy("STATS")]
+    assert result.as_numpy("STATS").shape == (2, 1)  # config dims [1], metadata [-1, 1]
+    stats = [json.loads(s) for s in result.as_numpy("STATS")[:, 0]]
     single = client.post("/v1/segment", content=data[0]).json()["stats"]
     assert stats[0] == stats[1] == single
 
@@ -123,3 +125,59 @@ def test_statistics(client: httpx.Client, triton: object) -> None:
     assert model["name"] == MODEL and model["inference_count"] >= 1 and model["execution_count"] >= 1
     assert model["inference_stats"]["success"]["count"] >= 1 and model["batch_stats"]
     assert client.get("/v2/health/ready").json() == {"ready": True}
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_stats_output_shape_agrees_between_config_metadata_and_answer(
+    triton: object, client: httpx.Client, photos: dict[str, bytes]
+) -> None:
+    config = {o["name"]: o for o in triton.get_model_config(MODEL)["output"]}  # type: ignore[attr-defined]
+    metadata = {o["name"]: o for o in triton.get_model_metadata(MODEL)["outputs"]}  # type: ignore[attr-defined]
+    for name in ("STATS", "LABELS"):  # Triton: metadata = [-1] (the batch) + config dims
+        assert metadata[name]["shape"] == [-1, *config[name]["dims"]], name
+    request = {
+        "inputs": [
+            {
+                "name": "IMAGE",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(photos["coffee.png"]).decode()],
+            }
+        ],
+        "outputs": [{"name": "STATS"}],
+    }
+    [stats] = client.post(f"/v2/models/{MODEL}/infer", json=request).json()["outputs"]
+    assert stats["shape"] == [1, *config["STATS"]["dims"]]
+    assert len(stats["data"]) == 1 and isinstance(json.loads(stats["data"][0]), list)
+
+
+def test_pinned_version_config_and_stats(triton: object, client: httpx.Client, photos: dict[str, bytes]) -> None:
+    image = triton_http.InferInput("IMAGE", [1], "BYTES")
+    image.set_data_from_numpy(np.array([photos["astronaut.jpg"]], dtype=np.object_), binary_data=True)
+    triton.infer(MODEL, [image], model_version="1")  # type: ignore[attr-defined]
+    assert triton.get_model_config(MODEL, "1") == triton.get_model_config(MODEL)  # type: ignore[attr-defined]
+    [model] = triton.get_inference_statistics(MODEL, "1")["model_stats"]  # type: ignore[attr-defined]
+    assert model["name"] == MODEL and model["version"] == "1"
+    inference = model["inference_stats"]
+    for key in ("compute_input", "compute_infer", "compute_output"):
+        assert inference[key]["count"] >= 1 and inference[key]["ns"] > 0, key
+    for batch in model["batch_stats"]:
+        for key in ("compute_input", "compute_infer", "compute_output"):
+            assert batch[key]["count"] >= 1 and batch[key]["ns"] > 0, (batch["batch_size"], key)
+    for path in (f"/v2/models/{MODEL}/versions/2/config", f"/v2/models/{MODEL}/versions/2/stats"):
+        response = client.get(path)
+        assert response.status_code == 404 and isinstance(response.json()["error"], str)
+
+
+def test_perf_analyzer_input_data_file_is_accepted(triton: object) -> None:
+    """benchmarks/perf_analyzer/image_input.json (docs/service.md): one IMAGE element, the b64 of a JPEG, shape
+    [1]. The request it describes, sent with tritonclient as perf_analyzer sends it (binary data), is answered."""
+    doc = json.loads((REPO / "benchmarks" / "perf_analyzer" / "image_input.json").read_text())
+    [step] = doc["data"]
+    tensor = step["IMAGE"]
+    image = triton_http.InferInput("IMAGE", tensor["shape"], "BYTES")
+    image.set_data_from_numpy(np.array([base64.b64decode(tensor["b64"])], dtype=np.object_), binary_data=True)
+    result = triton.infer(MODEL, [image])  # type: ignore[attr-defined]
+    assert result.as_numpy("LABELS").shape[0] == 1 and result.as_numpy("STATS").shape == (1, 1)

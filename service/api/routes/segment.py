@@ -167,6 +167,8 @@ async def segment(request: Request, lifecycle: LifecycleDep, runtime: RuntimeDep
             "Server-Timing": _server_timing(rendered.timing_ms),
         }
         return Response(rendered.png, media_type=PNG_MEDIA_TYPE, headers=headers)
+    if params.options.outputs == {"hf"}:  # the Hugging Face image-segmentation answer, as such endpoints send it
+        return JSONResponse(rendered.fields["hf"], headers={"Server-Timing": _server_timing(rendered.timing_ms)})
     body = {"request_id": request.state.request_id, **model, **_result_fields(prepared, rendered, params.options)}
     return JSONResponse(body, headers={"Server-Timing": _server_timing(rendered.timing_ms)})
 

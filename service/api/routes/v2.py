@@ -1,7 +1,7 @@
-"""KServe v2 / Open Inference Protocol surface, so tritonclient and perf_analyzer work unchanged.
+"""KServe v2 / Open Inference Protocol surface, so tritonclient works unchanged.
 
 The model takes ``IMAGE``, a BYTES tensor of encoded images ([N] or [N, 1]), and returns ``LABELS``
-(UINT8, or UINT16 past 256 classes, [N, H, W]) and ``STATS`` (BYTES, [N], one JSON document per image).
+(UINT8, or UINT16 past 256 classes, [N, H, W]) and ``STATS`` (BYTES, [N, 1], one JSON document per image).
 Readiness answers 503 rather than Triton's 400. Request parameters: ``timeout`` (microseconds, as in
 Triton; can only lower the server's deadline) and ``output_size`` (``original`` | ``model``).
 """
@@ -86,7 +86,7 @@ def _metadata(runtime: Runtime) -> dict[str, Any]:
         "inputs": [{"name": INPUT_IMAGE, "datatype": "BYTES", "shape": [-1, 1]}],
         "outputs": [
             {"name": OUTPUT_LABELS, "datatype": label_type, "shape": [-1, -1, -1]},
-            {"name": OUTPUT_STATS, "datatype": "BYTES", "shape": [-1]},
+            {"name": OUTPUT_STATS, "datatype": "BYTES", "shape": [-1, 1]},
         ],
     }
 
@@ -288,7 +288,7 @@ def _response(model: str, call: InferCall, answers: list[RenderedImage]) -> Resp
             tensors.append(OutputTensor(name, NUMPY_TO_V2[stacked.dtype], list(stacked.shape), array=stacked))
         else:
             docs = [json.dumps(a.fields.get("stats", []), separators=(",", ":")).encode() for a in answers]
-            tensors.append(OutputTensor(name, "BYTES", [len(docs)], elements=docs))
+            tensors.append(OutputTensor(name, "BYTES", [len(docs), 1], elements=docs))  # config dims [1]
     content, header_length = encode_response(
         model_name=model, model_version=MODEL_VERSION, request_id=call.request_id, outputs=tensors, binary=call.binary
     )
