@@ -76,8 +76,9 @@ from ..config import (
     apply_overrides,
 )
 from ..faseg import build_model
-from .detectron2 import Conversion, check_architecture, inspect_state, ours_to_official, sniff_layout
-from .report import ConversionError, ConversionReport
+from .detectron2 import check_architecture, inspect_state, ours_to_official
+from .files import sniff_layout
+from .report import Conversion, ConversionError, ConversionReport
 from .warm_start import load_full_model
 
 BACKBONE = "model.pixel_level_module.encoder."
