@@ -30,6 +30,8 @@ container-check: setup
 
 lint: setup
 	$(BIN)/ruff check faseg model export service tests benchmarks
+	# import contracts of pyproject.toml [tool.importlinter] (lint-imports over the installed package layout)
+	$(BIN)/python .ci/lint_imports.py
 
 test: setup lint
 	$(BIN)/pytest -m "not slow" -q
