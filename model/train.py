@@ -8,10 +8,9 @@ runs the optimiser steps (:func:`train_one_step`) and hands each step's metrics 
     faseg train --preset faseg_tiny --data synthetic:train --val-data synthetic:val --out runs/tiny
     torchrun --nproc_per_node 2 -m faseg train ...        # DDP: gloo on CPU, nccl on GPU (found from RANK)
 
-The parts, one module each: the recipe (:mod:`.recipes`: :class:`TrainConfig`, per-dataset defaults), the
-processes and devices (:mod:`.distributed`), the loader (:mod:`.data.loader`), what the loop drives
-(:mod:`.trainer`: model, criterion, optimiser, schedule, scaler), the checkpoint and RNG state
-(:mod:`.train_state`) and the metrics log (:mod:`.metrics_log`).
+The parts: the recipe (:mod:`.recipes`), processes and devices (:mod:`.distributed`), the loader
+(:mod:`.data.loader`), what the loop drives (:mod:`.trainer`), checkpoints and RNG (:mod:`.train_state`), the
+metrics log (:mod:`.metrics_log`).
 
 Call order of :func:`main` (what happens when, as in detectron2's ``HookBase`` docstring)::
 
@@ -60,7 +59,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -72,10 +70,9 @@ from .data.batch import Batch, collate
 from .data.loader import InfiniteLoader
 from .data.transforms import build_test_transform
 from .distributed import DistInfo, barrier, setup_distributed
-from .evaluation import SemSegEvaluator, multiscale_flip_probs
+from .evaluation import SemSegEvaluator, multiscale_flip_probs, predict_scores
 from .faseg import FASeg, build_model
 from .focus import focus_loss
-from .inference import semantic_inference
 from .metrics_log import METRICS_NAME, MetricsLog
 from .optim import clip_grad_norm_full_model
 from .recipes import DataRecipe, TrainConfig, data_recipe
@@ -230,30 +227,6 @@ def train_loop(
 
 # ---------------------------------------------------------------------------------------------------------
 # Evaluation
-
-
-@torch.no_grad()
-def predict_scores(
-    model: FASeg,
-    images: list[np.ndarray],
-    out_sizes: list[tuple[int, int]],
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-) -> list[torch.Tensor]:
-    """Semantic scores (K, H_out, W_out) per image, in the official order (spec §4): batch → pad to a
-    multiple of 32 → forward → semantic_inference (crop the padding, resize to the output size)."""
-    batch = collate([(im, None) for im in images], size_divisibility=model.cfg.size_divisibility)
-    x = batch.images.to(device)
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        out = model(x)
-    padded = tuple(x.shape[-2:])
-    scores = []
-    for i, (size, out_size) in enumerate(zip(batch.image_sizes, out_sizes)):
-        s = semantic_inference(
-            out.pred_logits[i : i + 1].float(), out.pred_masks[i : i + 1].float(), padded, size, out_size
-        )
-        scores.append(s[0])
-    return scores
 
 
 @torch.no_grad()

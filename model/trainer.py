@@ -24,6 +24,7 @@ from .config import ModelConfig
 from .criterion import SetCriterion, build_weight_dict
 from .data import build_dataset
 from .data.loader import build_train_dataset
+from .data.transforms import TransformedDataset
 from .distributed import DistInfo, amp_dtype
 from .faseg import FASeg
 from .focus import focus_weight_dict
@@ -166,7 +167,7 @@ def load_init_weights(model: nn.Module, source: str) -> list[str]:
 class TrainData:
     """The datasets of a run and what the model config and the evaluation take from them."""
 
-    train_set: Any  # TransformedDataset
+    train_set: TransformedDataset
     val_set: Any  # a dataset of build_dataset(..., "val"), or None
     model_cfg: ModelConfig
     classes: list[str]
