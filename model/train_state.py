@@ -54,7 +54,7 @@ class Progress:
 
     iteration: int = 0
     best_miou: float = -1.0  # -1: no evaluation yet
-    wall_time_s: float = 0.0  # training time of the earlier segments of a resumed run
+    wall_time_s: float = 0.0  # training time of all segments so far (restored: of the earlier ones)
     data_position: tuple[int, int] = (0, 0)  # the loader's (epoch, micro-batches consumed in it)
 
 

@@ -70,7 +70,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 def test_the_contracts_hold() -> None:
     result = _lint_imports(REPO)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 8 kept, 0 broken." in result.stdout, result.stdout
+    assert ", 0 broken." in result.stdout, result.stdout
     assert set(_contract_lines(result.stdout).values()) == {"KEPT"}
 
 
