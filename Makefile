@@ -40,6 +40,8 @@ container-check: setup
 
 lint: setup
 	$(BIN)/ruff check faseg model export service tests benchmarks
+	# import contracts of pyproject.toml [tool.importlinter] (lint-imports over the installed package layout)
+	$(BIN)/python .ci/lint_imports.py
 
 # What CI runs: the native libraries are built first, so the plugin-flavour tests run instead of skipping
 # (FASEG_REQUIRE_CUSTOM_OPS=1 turns a missing library into a failure). `-ra` ends the run with every skip and

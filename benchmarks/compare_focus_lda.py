@@ -5,10 +5,11 @@ What one run does, for every seed and variant (variants of one seed are trained 
 1. Build the baseline ``faseg_tiny`` with ``torch.manual_seed(seed)``; build the variant with the same seed and
    load the baseline's weights into it (``strict=False``), so every shared parameter starts identical and
    only the variant's own modules (``transformer.focus.*``, ``upsample_1.*``) have their own init.
-2. Train ``--iters`` steps with the project's training step (:func:`faseg.model.train.train_one_step`: same
-   criterion, AdamW groups, poly schedule, clipping) on the same augmented batches (data order, augmentation
-   and the criterion's point sampling are seeded by ``seed`` only). The Focus variant adds its score losses
-   (:func:`faseg.model.focus.focus_loss`) through a criterion wrapper — the integration the trainer needs.
+2. Train ``--iters`` steps with the project's training loop (:func:`faseg.model.train.train_loop` over a
+   :func:`faseg.model.trainer.build_trainer`: same criterion, AdamW groups, poly schedule, clipping) on the
+   same augmented batches (data order, augmentation and the criterion's point sampling are seeded by ``seed``
+   only). The Focus variant adds its score losses (:func:`faseg.model.focus.focus_loss`) as ``faseg train``
+   does.
 3. mIoU on the first ``--val-images`` synthetic val images at their native 256×256. (The recorded ``loss_*``
    values are the weighted totals the optimiser saw, so the Focus variant's include its score losses: compare
    mIoU, not losses, across variants.)
@@ -57,32 +58,6 @@ PRESET = "faseg_tiny"
 SIZE = (256, 256)
 
 
-class CriterionWithFocus(nn.Module):
-    """``SetCriterion`` + the Focus score losses carried in the model output (none without Focus).
-
-    Quacks like the criterion for :func:`faseg.model.train.train_one_step`: ``__call__`` → loss dict,
-    ``total(losses)`` → weighted sum.
-    """
-
-    def __init__(self, criterion: nn.Module, focus_cfg: Any) -> None:
-        super().__init__()
-        from faseg.model.focus import focus_weight_dict
-
-        self.criterion = criterion
-        self.criterion.weight_dict.update(focus_weight_dict(focus_cfg))
-
-    def forward(self, outputs: Any, targets: Any, *, generator: torch.Generator | None = None) -> dict[str, Any]:
-        from faseg.model.focus import focus_loss
-
-        losses = self.criterion(outputs, targets, generator=generator)
-        if outputs.focus is not None:
-            losses.update(focus_loss(outputs.focus, targets))
-        return losses
-
-    def total(self, losses: dict[str, Any]) -> torch.Tensor:
-        return self.criterion.total(losses)
-
-
 def machine() -> dict[str, Any]:
     from faseg.machine import cpu_name
 
@@ -119,18 +94,13 @@ def build_variant(variant: str, seed: int, num_classes: int, extra: list[str]) -
 
 def train_and_evaluate(variant: str, seed: int, args: argparse.Namespace) -> tuple[dict[str, Any], nn.Module]:
     from faseg.model.data import build_dataset
-    from faseg.model.data.transforms import collate
-    from faseg.model.optim import build_optimizer, build_scheduler
-    from faseg.model.train import (
-        InfiniteLoader,
-        TrainConfig,
-        build_criterion,
-        build_train_dataset,
-        data_recipe,
-        evaluate,
-        seed_everything,
-        train_one_step,
-    )
+    from faseg.model.data.batch import collate
+    from faseg.model.data.loader import InfiniteLoader, build_train_dataset
+    from faseg.model.distributed import DistInfo
+    from faseg.model.recipes import TrainConfig, data_recipe
+    from faseg.model.train import evaluate, train_loop
+    from faseg.model.train_state import seed_everything
+    from faseg.model.trainer import build_trainer
 
     device = torch.device("cpu")
     cfg = TrainConfig(
@@ -155,28 +125,16 @@ def train_and_evaluate(variant: str, seed: int, args: argparse.Namespace) -> tup
     model, new_params = build_variant(variant, seed, raw.num_classes, extra)
     model_cfg = model.cfg
     train_set = build_train_dataset(cfg, model_cfg, raw)
-    criterion = CriterionWithFocus(build_criterion(cfg, model_cfg), model_cfg.pixel_decoder.focus)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.backbone_multiplier)
-    scheduler = build_scheduler(optimizer, cfg.max_iter, cfg.poly_power, cfg.warmup_iters, cfg.warmup_factor)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    trainer = build_trainer(cfg, model, DistInfo(device=device), torch.Generator().manual_seed(seed))
     loader = iter(InfiniteLoader(train_set, cfg.batch_size, 0, 1, seed, 0, collate))
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    losses = []
-    t0 = time.perf_counter()
-    for _ in range(cfg.max_iter):
-        metrics = train_one_step(
-            model,
-            criterion,
-            optimizer,
-            scheduler,
-            scaler,
-            [next(loader)],
-            device=device,
-            clip_grad=cfg.clip_grad,
-            generator=generator,
-        )
+    losses: list[float] = []
+
+    def record_loss(iteration: int, metrics: dict[str, float]) -> bool:
         losses.append(round(metrics["loss"], 4))
+        return False
+
+    t0 = time.perf_counter()
+    train_loop(trainer, loader, start_iter=0, max_iter=cfg.max_iter, after_step=record_loss)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = evaluate(model, val, device, recipe=data_recipe("synthetic:val", model_cfg.default_input_size))

@@ -13,10 +13,8 @@ time, the machine, the date and the val mIoU of the shipped weights.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the training stack is imported only when training: serving needs just the path
-    from .train import TrainConfig
+from .recipes import TrainConfig  # the standard library only: serving, which needs just the path, stays light
 
 __all__ = ["DEMO_DIRNAME", "DEMO_RECIPE", "demo_checkpoint_dir", "demo_train_config"]
 
@@ -67,7 +65,5 @@ def demo_checkpoint_dir() -> Path:
 
 def demo_train_config(out: str, **changes: object) -> TrainConfig:
     """:data:`DEMO_RECIPE` as a :class:`TrainConfig` writing its training state to ``out``."""
-    from .train import TrainConfig
-
     fields = {**DEMO_RECIPE, **changes, "out": out}
     return TrainConfig(**fields)  # type: ignore[arg-type]

@@ -11,6 +11,9 @@ Metrics follow detectron2's ``SemSegEvaluator`` (spec §4.6):
 
 All values are fractions in [0, 1] (detectron2 prints them ×100). The confusion matrix is summed over ranks
 with ``torch.distributed.all_reduce`` when a process group is initialised, so every rank gets the results.
+
+:func:`predict_scores` is the model's prediction in the official evaluation order; the evaluation loop over a
+dataset is :func:`faseg.model.train.evaluate`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .data.batch import collate
 from .data.transforms import resize_image, shortest_edge_size
+from .faseg import FASeg
+from .inference import semantic_inference
 
 __all__ = ["ConfusionMatrix", "SemSegEvaluator", "format_results", "multiscale_flip_probs"]
 
@@ -256,3 +262,27 @@ def multiscale_flip_probs(
             count += 1
     assert total is not None
     return total / count
+
+
+@torch.no_grad()
+def predict_scores(
+    model: FASeg,
+    images: list[np.ndarray],
+    out_sizes: list[tuple[int, int]],
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> list[torch.Tensor]:
+    """Semantic scores (K, H_out, W_out) per image, in the official order (spec §4): batch → pad to a
+    multiple of 32 → forward → semantic_inference (crop the padding, resize to the output size)."""
+    batch = collate([(im, None) for im in images], size_divisibility=model.cfg.size_divisibility)
+    x = batch.images.to(device)
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        out = model(x)
+    padded = tuple(x.shape[-2:])
+    scores = []
+    for i, (size, out_size) in enumerate(zip(batch.image_sizes, out_sizes)):
+        s = semantic_inference(
+            out.pred_logits[i : i + 1].float(), out.pred_masks[i : i + 1].float(), padded, size, out_size
+        )
+        scores.append(s[0])
+    return scores

@@ -56,8 +56,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import FocusConfig, PixelDecoderConfig
+from .deformable_encoder import MSDeformAttnTransformerEncoderOnly, encoder_reference_points
 from .ops import MultiheadAttention
-from .pixel_decoder import MSDeformAttnTransformerEncoderOnly, encoder_reference_points
 
 FOCUS_LOSS_NAMES = ("loss_focus", "loss_focus_sem")
 PRIOR_BIAS = -math.log((1 - 0.01) / 0.01)  # score heads start at probability 0.01

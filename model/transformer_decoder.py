@@ -18,13 +18,13 @@ parameters live under ``pos_queries.``; the checkpoint importers map them).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import DecoderConfig
+from .focus import FocusOutput
 from .ops import MultiheadAttention, hrca_select, topk_cross_attention
 from .positional_queries import PositionalQueries, below_probability
 
@@ -59,7 +59,7 @@ class DecoderOutput:
     pred_masks: Tensor
     aux_outputs: list[dict[str, Tensor]] = field(default_factory=list)
     trace: list[LayerTrace] = field(default_factory=list)
-    focus: Any = None
+    focus: FocusOutput | None = None
 
 
 class SelfAttentionLayer(nn.Module):

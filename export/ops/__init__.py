@@ -13,7 +13,7 @@ plugin        :func:`ms_deform_attn__plugin`      :func:`topk_cross_attention__p
 
 The plugin functions call torch custom ops (``torch.ops.faseg_onnx.*``) whose TorchScript-exporter symbolics
 emit the ``faseg`` domain nodes of ``docs/plugin_contract.md``; the symbolics are registered by op handle
-when the op modules are imported.
+when the op modules are imported (:mod:`.symbolic`).
 """
 
 from __future__ import annotations
@@ -24,22 +24,11 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from faseg.model.ops import register_kernel, registered_kernel
 
-#: The opset from which the symbolics below apply (the exporter's opset is ≥ this).
-SYMBOLIC_OPSET = 17
+from .ms_deform_attn import ms_deform_attn__plugin
+from .symbolic import SYMBOLIC_OPSET, register_symbolic
+from .topk_cross_attention import topk_cross_attention__plugin, topk_cross_attention__portable
 
 FLAVOURS = ("portable", "plugin")
-
-
-def register_symbolic(op_handle: torch._ops.OpOverload, fn: Callable, opset: int) -> None:
-    """Register a TorchScript-exporter symbolic for a torch custom op, keyed by its handle."""
-    torch.onnx.register_custom_op_symbolic(op_handle._schema.name, fn, opset)
-
-
-from .ms_deform_attn import ms_deform_attn__plugin  # noqa: E402  (needs register_symbolic above)
-from .topk_cross_attention import (  # noqa: E402
-    topk_cross_attention__plugin,
-    topk_cross_attention__portable,
-)
 
 
 def flavour_kernels(flavour: str) -> dict[str, Callable[..., torch.Tensor] | None]:

@@ -37,7 +37,7 @@ from faseg.model.ops import level_start_index, ms_deform_attn_reference
 from torch import Tensor
 from torch.onnx import symbolic_helper
 
-from . import SYMBOLIC_OPSET, register_symbolic
+from .symbolic import SYMBOLIC_OPSET, register_symbolic
 
 
 @torch.library.custom_op("faseg_onnx::ms_deform_attn", mutates_args=())

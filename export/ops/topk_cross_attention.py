@@ -35,7 +35,7 @@ from faseg.model.ops import hr_window_size, multi_head_attention, topk_cross_att
 from torch import Tensor
 from torch.onnx import symbolic_helper
 
-from . import SYMBOLIC_OPSET, register_symbolic
+from .symbolic import SYMBOLIC_OPSET, register_symbolic
 
 # ---------------------------------------------------------------------------------------------------
 # portable flavour

@@ -202,6 +202,16 @@ class BasicStem(_FreezableBlock):
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)  # (B, C, H/4, W/4)
 
 
+def _projection_shortcut(in_channels: int, out_channels: int, stride: int, norm_layer: NormLayer) -> Conv2d | None:
+    """A block's 1×1 projection shortcut, or None (identity) when the channel count does not change.
+
+    detectron2 decides on the channel count alone (not on the stride); same here so the names match.
+    """
+    if in_channels == out_channels:
+        return None
+    return Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False, norm=norm_layer(out_channels))
+
+
 class BasicBlock(_FreezableBlock):
     """Two 3×3 convs (ResNet-18/34). A 1×1 projection shortcut exists only when the channels change."""
 
@@ -209,17 +219,7 @@ class BasicBlock(_FreezableBlock):
         self, in_channels: int, out_channels: int, *, stride: int = 1, norm_layer: NormLayer
     ) -> None:
         super().__init__(in_channels, out_channels, stride)
-        # detectron2 decides on the channel count alone (not on the stride); same here so the names match.
-        self.shortcut: Conv2d | None = None
-        if in_channels != out_channels:
-            self.shortcut = Conv2d(
-                in_channels,
-                out_channels,
-                kernel_size=1,
-                stride=stride,
-                bias=False,
-                norm=norm_layer(out_channels),
-            )
+        self.shortcut = _projection_shortcut(in_channels, out_channels, stride, norm_layer)
         self.conv1 = Conv2d(
             in_channels,
             out_channels,
@@ -265,16 +265,7 @@ class BottleneckBlock(_FreezableBlock):
         dilation: int = 1,
     ) -> None:
         super().__init__(in_channels, out_channels, stride)
-        self.shortcut: Conv2d | None = None
-        if in_channels != out_channels:
-            self.shortcut = Conv2d(
-                in_channels,
-                out_channels,
-                kernel_size=1,
-                stride=stride,
-                bias=False,
-                norm=norm_layer(out_channels),
-            )
+        self.shortcut = _projection_shortcut(in_channels, out_channels, stride, norm_layer)
         # MSRA's original ResNet strides in the first 1×1 conv; fb.torch / Caffe2 / torchvision
         # ("ResNet v1.5") stride in the 3×3 conv. FASeg / Mask2Former use the latter (STRIDE_IN_1X1: False).
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)

@@ -25,7 +25,6 @@ import os
 from ..config import ModelConfig
 from .backbones import convert_swin, convert_torchvision_resnet, torchvision_resnet_name
 from .detectron2 import (
-    Conversion,
     convert_detectron2,
     convert_detectron2_state_dict,
     official_to_ours,
@@ -34,7 +33,7 @@ from .detectron2 import (
     to_detectron2_state_dict,
 )
 from .hf import config_from_hf, convert_hf, hf_state_to_ours
-from .report import ConversionError, ConversionReport, group_keys
+from .report import Conversion, ConversionError, ConversionReport, group_keys
 from .warm_start import faseg_layer_for
 
 FORMATS = ("detectron2", "hf", "torchvision-resnet", "swin")

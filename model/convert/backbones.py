@@ -37,14 +37,8 @@ from torch import Tensor
 from ..backbone.resnet import _BLOCKS_PER_STAGE
 from ..config import ModelConfig, apply_overrides
 from ..faseg import build_model
-from .detectron2 import (
-    Conversion,
-    extract_state_dict,
-    read_checkpoint_file,
-    sniff_layout,
-    wrong_layout_error,
-)
-from .report import ConversionError, ConversionReport, load_converted
+from .files import extract_state_dict, read_checkpoint_file, sniff_layout, wrong_layout_error
+from .report import Conversion, ConversionError, ConversionReport, load_converted
 
 _TV_BLOCK = re.compile(r"^layer(\d)\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(.+)$")
 _STAGE_NORM = re.compile(r"^backbone\.norm\d\.")

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError
+from ..faseg import FASeg
 
 
 class ConversionError(CheckpointError):
@@ -125,6 +126,16 @@ class ConversionReport:
 
 
 _INDEX = re.compile(r"^\d+$")
+
+
+@dataclass
+class Conversion:
+    """The result of an import: the loaded model (eval mode), the report and what goes into ``config.json``."""
+
+    model: FASeg
+    report: ConversionReport
+    classes: list[str] | None = None
+    input_size: tuple[int, int] | None = None
 
 
 def group_keys(keys: Iterable[str]) -> list[str]:

@@ -8,15 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from faseg.model.data import datasets as D
+from faseg.model.data import batch as B
+from faseg.model.data import scene as S
 from faseg.model.data import transforms as T
-from faseg.model.data.datasets import (
-    ADE20KDataset,
-    CityscapesDataset,
-    FolderDataset,
-    SyntheticDataset,
-    build_dataset,
-)
+from faseg.model.data.datasets import ADE20KDataset, CityscapesDataset, FolderDataset, build_dataset
+from faseg.model.data.sample import SegmentationSample
+from faseg.model.data.synthetic import SyntheticDataset
 from PIL import Image
 from scipy import ndimage
 
@@ -53,7 +50,7 @@ def _folder_tree(root: Path, classes=("bg", "crack", "rust"), n: int = 2, split:
 
 
 @pytest.fixture(scope="module")
-def synthetic_first50() -> list[D.SegmentationSample]:
+def synthetic_first50() -> list[SegmentationSample]:
     ds = SyntheticDataset("train", num_images=2000, seed=0)
     return [ds[i] for i in range(50)]
 
@@ -84,23 +81,23 @@ def test_synthetic_is_deterministic_per_seed_split_index():
 
 
 def test_synthetic_covers_every_class(synthetic_first50):
-    counts = np.zeros(len(D.SYNTHETIC_CLASSES), dtype=np.int64)
+    counts = np.zeros(len(S.SYNTHETIC_CLASSES), dtype=np.int64)
     for s in synthetic_first50:
         counts[np.unique(s.label)] += 1
-    missing = [D.SYNTHETIC_CLASSES[c] for c in np.flatnonzero(counts == 0)]
+    missing = [S.SYNTHETIC_CLASSES[c] for c in np.flatnonzero(counts == 0)]
     assert not missing, f"classes never present in the first 50 images: {missing}"
     # thin and small classes are common, not exceptional
-    assert counts[D.POLE] >= 25 and counts[D.BALL] >= 25
+    assert counts[S.POLE] >= 25 and counts[S.BALL] >= 25
 
 
 def test_synthetic_thin_and_small_structures(synthetic_first50):
     widths, areas = [], []
     for s in synthetic_first50:
-        pole = s.label == D.POLE
+        pole = s.label == S.POLE
         for row in pole[::8]:  # horizontal run lengths of pole pixels
             edges = np.diff(np.concatenate([[0], row.astype(np.int8), [0]]))
             widths.extend(np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1))
-        comp, _ = ndimage.label(s.label == D.BALL)
+        comp, _ = ndimage.label(s.label == S.BALL)
         areas.extend(np.bincount(comp.ravel())[1:])
     assert widths and np.median(widths) <= 8, "poles should be a few pixels wide"
     assert areas and np.median(areas) <= 400, "balls should be small objects"
@@ -469,24 +466,24 @@ def test_transformed_dataset_reproducible_per_epoch():
 
 def test_label_to_targets():
     label = torch.tensor([[0, 0, 3], [255, 3, 3]])
-    t = T.label_to_targets(label)
+    t = B.label_to_targets(label)
     assert t["labels"].tolist() == [0, 3] and t["labels"].dtype == torch.int64
     assert t["masks"].dtype == torch.bool and t["masks"].shape == (2, 2, 3)
     assert t["masks"][0].tolist() == [[True, True, False], [False, False, False]]
     assert t["masks"][1].tolist() == [[False, False, True], [False, True, True]]
-    empty = T.label_to_targets(torch.full((4, 5), 255))
+    empty = B.label_to_targets(torch.full((4, 5), 255))
     assert empty["labels"].shape == (0,) and empty["masks"].shape == (0, 4, 5)
 
 
 def test_collate_pads_and_builds_targets():
     a = (_image(40, 64), _label(40, 64), "a")
-    b = D.SegmentationSample(image=_image(30, 20, seed=1), label=_label(30, 20, seed=1), name="b")
-    batch = T.collate([a, b], size_divisibility=32)
+    b = SegmentationSample(image=_image(30, 20, seed=1), label=_label(30, 20, seed=1), name="b")
+    batch = B.collate([a, b], size_divisibility=32)
     assert batch.images.shape == (2, 3, 64, 64) and batch.images.dtype == torch.float32
     assert batch.labels.shape == (2, 64, 64) and batch.image_sizes == [(40, 64), (30, 20)]
     assert batch.names == ["a", "b"]
     assert torch.equal(batch.images[0, :, :40, :64], torch.from_numpy(a[0]).permute(2, 0, 1).float())
-    assert torch.allclose(batch.images[1, :, 30:, :], torch.tensor(T.PIXEL_MEAN).view(3, 1, 1).expand(3, 34, 64))
+    assert torch.allclose(batch.images[1, :, 30:, :], torch.tensor(B.PIXEL_MEAN).view(3, 1, 1).expand(3, 34, 64))
     assert (batch.labels[1, 30:] == 255).all() and (batch.labels[1, :, 20:] == 255).all()
     t = batch.targets[1]
     assert t["masks"].shape[1:] == (64, 64) and not t["masks"][:, 30:].any()
@@ -494,4 +491,4 @@ def test_collate_pads_and_builds_targets():
     assert torch.equal(t["masks"].sum(0)[:30, :20], torch.ones(30, 20, dtype=torch.int64))
     assert batch.to("cpu").images.shape == batch.images.shape
     with pytest.raises(ValueError):
-        T.collate([])
+        B.collate([])

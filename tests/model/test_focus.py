@@ -10,6 +10,7 @@ from faseg.model import build_model, get_preset
 from faseg.model.complexity import count_macs
 from faseg.model.config import FocusConfig, PixelDecoderConfig
 from faseg.model.criterion import semantic_targets
+from faseg.model.deformable_encoder import MSDeformAttnTransformerEncoderOnly
 from faseg.model.focus import (
     FocusMSDeformAttnEncoder,
     focus_loss,
@@ -19,7 +20,6 @@ from faseg.model.focus import (
     rank_tokens,
     tokens_to_keep,
 )
-from faseg.model.pixel_decoder import MSDeformAttnTransformerEncoderOnly
 from torch import nn
 
 SHAPES = [(2, 3), (4, 6), (8, 12)]  # low resolution first, like the pixel decoder's encoder

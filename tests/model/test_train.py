@@ -16,7 +16,7 @@ from faseg.model import matcher as matcher_module
 from faseg.model import point_sample as point_sample_module
 from faseg.model.checkpoint import save_pretrained
 from faseg.model.data import SyntheticDataset, build_dataset
-from faseg.model.data.transforms import collate
+from faseg.model.data.batch import collate
 from faseg.model.optim import (
     WarmupPolyLR,
     build_optimizer,
