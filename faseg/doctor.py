@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from faseg.export import cuda_kernels, custom_ops, tensorrt_runtime
+from faseg.export import custom_ops, tensorrt_runtime
 from faseg.model.demo import demo_checkpoint_dir
 from faseg.service.core.config import Settings
 from faseg.service.core.default_model import demo_onnx_name
@@ -58,7 +58,11 @@ def _nvcc() -> str | None:
 
 
 def check_cuda_kernels() -> Check:
-    found = [p for p in cuda_kernels.library_search_paths() if p.is_file()]
+    try:  # the kernels are torch ops: without torch (the CPU image) there is nothing to load them into
+        from faseg.model.ops import cuda_library
+    except ImportError as exc:
+        return Check("CUDA kernels", False, f"torch is not installed ({exc})", "pip install torch", "the torch backend")
+    found = [p for p in cuda_library.library_search_paths() if p.is_file()]
     if found:
         return Check("CUDA kernels", True, str(found[0]), needed_for="fast deformable attention / HRCA on a GPU")
     nvcc = _nvcc()
@@ -79,7 +83,7 @@ def check_trt_plugins() -> Check:
     return Check(
         "TensorRT plugins",
         False,
-        f"libfaseg_trt_plugins.so not built ({path or tensorrt_runtime.REPO_PLUGIN_LIBRARY})",
+        f"libfaseg_trt_plugins.so not built ({path or tensorrt_runtime.PLUGIN_LIBRARY.missing_message()})",
         "bash export/plugins/build_cuda.sh   (needs nvcc)",
         "plugin-flavour TensorRT engines",
     )
