@@ -83,7 +83,7 @@ def check_trt_plugins() -> Check:
     return Check(
         "TensorRT plugins",
         False,
-        f"libfaseg_trt_plugins.so not built ({path or tensorrt_runtime.PLUGIN_LIBRARY.missing_message()})",
+        tensorrt_runtime.PLUGIN_LIBRARY.missing_message(),
         "bash export/plugins/build_cuda.sh   (needs nvcc)",
         "plugin-flavour TensorRT engines",
     )
