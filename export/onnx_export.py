@@ -35,6 +35,7 @@ import torch
 from faseg.export import custom_ops
 from faseg.export.metadata import (
     FORMAT_VERSION,
+    META_CALIBRATION,
     META_CLASSES,
     META_EXPORTER,
     META_FLAVOUR,
@@ -46,6 +47,7 @@ from faseg.export.metadata import (
     META_PRECISION,
     META_PRESET,
 )
+from faseg.export.quantize import Calibration
 from torch import Tensor, nn
 
 INPUT_NAME = "images"
@@ -64,7 +66,7 @@ BATCH_DIM = "N"
 SIZE_MULTIPLE = 32
 
 FLAVOURS = ("portable", "plugin")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 #: Opset 17: GridSample-16 still spells its mode "bilinear" (opset 20 renamed it "linear", which TensorRT's
 #: parser mis-reads as nearest, NVIDIA/TensorRT#4646), LayerNormalization-17 exists, and ORT 1.31 and
 #: TensorRT 8.6–11 all parse it. The TorchScript exporter writes IR version 8 for it.
@@ -122,12 +124,20 @@ class ExportOptions:
     optimize: bool = True  # OptimizeHead: Einsum -> MatMul, ReduceMax + ArgMax -> TopK
     slim: bool = False
     example_batch: int = 2  # > 1, so that nothing batch-specific hides behind a size-1 dimension
+    calibration: Calibration | None = None  # int8 only: where the activation ranges come from
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
             raise ExportError(f"unknown flavour {self.flavour!r}; choose from {', '.join(FLAVOURS)}")
         if self.precision not in PRECISIONS:
             raise ExportError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
+        if self.precision == "int8" and self.calibration is None:
+            raise ExportError(
+                "precision int8 needs calibration images: --calibration DATA (a dataset spec such as "
+                "synthetic:val or folder:PATH)"
+            )
+        if self.precision != "int8" and self.calibration is not None:
+            raise ExportError(f"calibration data is only used with precision int8, not {self.precision}")
         if self.size is not None:
             object.__setattr__(self, "size", check_size(self.size))
         object.__setattr__(self, "outputs", parse_outputs(self.outputs))
@@ -183,6 +193,7 @@ class ExportState:
     input_size: tuple[int, int]
     out: Path
     proto: Any = None  # onnx.ModelProto once captured
+    calibration_images: int | None = None  # int8: images the ranges came from
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -490,6 +501,30 @@ class MixedPrecision(ExportStep):
         return rule
 
 
+class QuantizeInt8(ExportStep):
+    """``--precision int8``: static QDQ int8 of the convolutions and matrix multiplies (:mod:`.quantize`).
+
+    Calibrates on ``options.calibration`` (images letterboxed into the bucket); custom-domain nodes, every op
+    that is not a Conv / MatMul / Gemm, and the node groups of :data:`faseg.export.quantize.FLOAT_GROUPS`
+    stay fp32. The number of images actually used is recorded in the metadata.
+    """
+
+    name = "int8"
+
+    def run(self, state: ExportState) -> dict[str, Any]:
+        from faseg.export.quantize import QuantizationError, calibration_images, quantize_int8
+
+        calibration = state.options.calibration
+        assert calibration is not None  # ExportOptions guarantees it for int8
+        try:
+            images = calibration_images(calibration.data, state.input_size, calibration.num_images)
+            state.proto, report = quantize_int8(state.proto, images, plugin=state.options.flavour == "plugin")
+        except QuantizationError as exc:
+            raise ExportError(f"int8: {exc}") from exc
+        state.calibration_images = len(images)
+        return report.to_dict()
+
+
 class CheckGraph(ExportStep):
     """``onnx.checker``, shape inference, and the serving contract (I/O names, dtypes, dims, custom nodes)."""
 
@@ -566,6 +601,8 @@ class AddMetadata(ExportStep):
         from faseg import __version__
 
         metadata = export_metadata(state.model, state.input_size, state.options)
+        if state.options.calibration is not None:
+            metadata[META_CALIBRATION] = state.options.calibration.to_metadata(state.calibration_images)
         del state.proto.metadata_props[:]
         for key, value in metadata.items():
             prop = state.proto.metadata_props.add()
@@ -610,6 +647,8 @@ def pipeline(options: ExportOptions) -> list[ExportStep]:
         steps.append(Slim())
     if options.precision == "fp16":
         steps.append(MixedPrecision())
+    if options.precision == "int8":
+        steps.append(QuantizeInt8())
     steps += [CheckGraph(), AddMetadata(), Save()]
     return steps
 
@@ -732,6 +771,7 @@ __all__ = [
     "ExportResult",
     "ExportStep",
     "OptimizeHead",
+    "QuantizeInt8",
     "Save",
     "Slim",
     "StepResult",

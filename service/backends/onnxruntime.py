@@ -135,9 +135,10 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"onnxruntime cannot load {str(path)!r}: {exc}") from exc
         info = ModelInfo.from_metadata(model_name, metadata, input_size=_graph_input_size(session, path))
         # An fp16 file (faseg export onnx --precision fp16) computes in fp16 whatever the setting says; on the
-        # CPU provider ONNX Runtime widens what it has no fp16 kernels for, so it runs, slower than fp32.
-        if metadata.get(META_PRECISION) == "fp16":
-            precision = "fp16"
+        # CPU provider ONNX Runtime widens what it has no fp16 kernels for, so it runs, slower than fp32. An int8
+        # file (--precision int8, QDQ) computes its convolutions and matrix multiplies in int8 on every provider.
+        if metadata.get(META_PRECISION) in ("fp16", "int8"):
+            precision = metadata[META_PRECISION]
         backend = cls(session, info, device=device, max_batch_size=max_batch_size, precision=precision)
         log.info("onnxruntime session for %s on providers %s", path, session.get_providers())
         return backend
