@@ -26,7 +26,8 @@ settings the service uses.
 
     .venv/bin/python benchmarks/bench_cpu.py                       # records benchmarks/results/<date>_bench_cpu.json
     .venv/bin/python benchmarks/bench_cpu.py --runs 1 --paths ort-portable-fp32,ort-portable-int8 --no-save
-    .venv/bin/python benchmarks/bench_cpu.py --preset faseg_tiny --size 256x256 --no-hf --session-sweep
+    .venv/bin/python benchmarks/bench_cpu.py --checkpoint model/demo_model --size 256x256 --batch 4 --no-hf \
+        --paths torch,ort-portable-fp32,ort-portable-int8 --session-sweep --calibration-images 16
 """
 
 from __future__ import annotations
@@ -248,6 +249,7 @@ def ort_session_variant(path: Path, threads: int, parallel: bool, **settings: An
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="faseg_r50_ade20k")
+    parser.add_argument("--checkpoint", help="a checkpoint directory instead of --preset with random weights")
     parser.add_argument("--size", default="512x512")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=5, help="timed rounds (each path once per round)")
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
     from faseg.export.custom_ops import ort_custom_ops_library
-    from faseg.export.onnx_export import ExportOptions, export_model
+    from faseg.export.onnx_export import ExportOptions, export_model, load_checkpoint
     from faseg.export.quantize import Calibration, calibration_images
     from faseg.model import build_model, get_preset
     from faseg.model.summary import parse_size
@@ -280,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     size = parse_size(args.size)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build_model(get_preset(args.preset)).eval()
+    if args.checkpoint:
+        model = load_checkpoint(args.checkpoint).eval()
+        args.preset = model.cfg.name
+    else:
+        model = build_model(get_preset(args.preset)).eval()
     wanted = [p for p in args.paths.split(",") if p]
     unknown = set(wanted) - set(ALL_PATHS)
     if unknown:
@@ -385,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/bench_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "environment": env,
         "preset": args.preset,
-        "weights": "random (torch.manual_seed(0))",
+        "weights": args.checkpoint or "random (torch.manual_seed(0))",
         "input_size": list(size),
         "batch": args.batch,
         "threads": args.threads,

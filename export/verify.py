@@ -48,9 +48,14 @@ class Tolerances:
 #: By the file's precision. fp32 is the issue's acceptance bar. fp16 follows export_anchors.md §6 (mmdeploy /
 #: Polygraphy practice): fp16 moves logits of magnitude ~50 by more than 2e-2 and flips a few threshold decisions
 #: near their boundary, so it is gated on the median error and on label agreement, and the maxima are reported.
+#: int8 (static QDQ, ``faseg export onnx --precision int8``) is gated the same way with bars from measurement: the
+#: shipped demo model's int8 file agrees with torch on 98.70 % of labels with a median logit error of 0.224 (batch 1
+#: and 4, photos + random images; the mask logits carry most of it), so the bars are the issue's 98 % photo
+#: agreement and 0.35 (about 1.5× the measured median); a file with one scrambled weight tensor misses both.
 TOLERANCES = {
     "fp32": Tolerances(label_agreement=0.999, logits_max_abs=1e-3, confidence_max_abs=1e-3),
     "fp16": Tolerances(label_agreement=0.995, logits_max_abs=None, confidence_max_abs=None, logits_median_abs=2e-2),
+    "int8": Tolerances(label_agreement=0.98, logits_max_abs=None, confidence_max_abs=None, logits_median_abs=0.35),
 }
 
 

@@ -60,6 +60,7 @@ def int8_export(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     return flavour, export_checkpoint(default_checkpoint(), out, options)
 
 
+@pytest.mark.timeout(900)  # includes the module fixture: export + calibration, ~2 min per flavour on 2 shared cores
 def test_int8_graph_quantises_convs_and_matmuls_and_keeps_the_rest_float(int8_export) -> None:
     flavour, result = int8_export
     model = onnx.load(result.path)
@@ -72,22 +73,29 @@ def test_int8_graph_quantises_convs_and_matmuls_and_keeps_the_rest_float(int8_ex
     kinds = {n.op_type for n in quantised}
     assert {"Conv", "MatMul"} <= kinds
     step = next(s for s in result.steps if s.step == "int8")
-    assert len(quantised) == step.details["quantized_nodes"] > 50
+    assert len(quantised) == step.details["quantized_nodes"] >= 20
     # weights are stored as int8 (per output channel) behind DequantizeLinear
     int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert len(int8_weights) >= sum(n.op_type == "Conv" for n in quantised)
-    for node in model.graph.node:
-        if reads_int8(node):  # a DequantizeLinear output only ever feeds a quantised Conv / MatMul / Gemm
-            assert node.op_type in QUANTIZED_OPS, node.name
-        if node.op_type in FLOAT_OPS or node.domain == custom_ops.DOMAIN:
-            assert not reads_int8(node), node.name
+    # DequantizeLinear outputs feed the quantised nodes and, for a quantised node's requantised output or a shared
+    # input, the cheap ops next to them (Add, Relu, Reshape, ...); the sensitive float ops never read one
+    readers = {n.op_type for n in model.graph.node if reads_int8(n)}
+    assert readers >= {"Conv", "MatMul"} and not readers & set(FLOAT_OPS)
+    # custom-domain nodes keep their fp32 contract: no int8 tensor reaches them (a quantised projection in front of
+    # one hands it its dequantised, float output, exactly as it hands it to GridSample in the portable flavour)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in (n for n in model.graph.node if n.domain == custom_ops.DOMAIN):
+        assert all(producers[name].op_type != "QuantizeLinear" for name in node.input if name in producers)
     # the held groups are held: the step's report and the node names agree with FLOAT_GROUPS
     assert set(step.details["float_by_group"]) <= set(FLOAT_GROUPS)
     assert not set(step.details["quantized_by_group"]) & set(FLOAT_GROUPS)
-    if "input stem" in FLOAT_GROUPS:
-        stem = [n for n in model.graph.node if "/backbone/stem/" in n.name and n.op_type == "Conv"]
-        assert stem and not any(reads_int8(n) for n in stem)
-    if flavour == "plugin":  # the custom-domain nodes are there, and (above) read float tensors only
+    held = {"input stem": "/backbone/stem/", "backbone early stages": "/backbone/res2/"}
+    late = [n for n in model.graph.node if "/backbone/res5/" in n.name and n.op_type == "Conv"]
+    assert late and all(reads_int8(n) for n in late)
+    for group, scope in held.items():
+        convs = [n for n in model.graph.node if scope in n.name and n.op_type == "Conv"]
+        assert convs and not any(reads_int8(n) for n in convs) and group in FLOAT_GROUPS
+    if flavour == "plugin":
         assert any(n.domain == custom_ops.DOMAIN for n in model.graph.node)
 
 
@@ -101,6 +109,7 @@ def test_int8_metadata_records_precision_and_calibration(int8_export) -> None:
     }
 
 
+@pytest.mark.timeout(900)
 def test_int8_runs_in_onnxruntime_and_verify_accepts_it(int8_export) -> None:
     """verify (torch fp32 reference, photos + random images) with the int8 tolerances, at batch 1 and 4."""
     _, result = int8_export
