@@ -398,7 +398,8 @@ def render_cpu(path: Path, data: dict[str, Any], img: Path) -> str:
     header = ["path", "median ms", "min ms", "labels = torch fp32", "what"]
     parts.append(f"\nMedians of {data.get('runs')} interleaved rounds:\n\n" + _table(header, rows))
     rows = [[name, f"×{r['ratio']:.2f}", r.get("target", "–"), r.get("met", "–")] for name, r in data["ratios"].items()]
-    parts.append("\n" + _table(["comparison", "speed-up", "target", "met"], rows))
+    if rows:
+        parts.append("\n" + _table(["comparison", "speed-up", "target", "met"], rows))
     if data.get("skipped"):
         parts.append("\nSkipped: " + "; ".join(f"{k} ({v})" for k, v in data["skipped"].items()))
     sweep = data.get("session_sweep")
@@ -432,7 +433,7 @@ def render_int8(path: Path, data: dict[str, Any], img: Path) -> str:
              _fmt(r.get("masks_median_abs"), 3), _fmt(r.get("class_logits_median_abs"), 3)]
             for r in sens["rows"]
         ]  # fmt: skip
-        header = ["quantised", "group", "nodes", "labels = fp32 %", "median |Δ mask logit|", "median |Δ class logit|"]
+        header = ["quantised", "group", "nodes", "labels = fp32 %", "median Δ mask logit", "median Δ class logit"]
         parts.append(f"\nSensitivity on {sens['images']} (reference: {sens['reference']}):\n\n" + _table(header, rows))
     if data.get("float_groups"):
         parts.append("\nHeld in float: " + "; ".join(f"**{g}** ({why})" for g, why in data["float_groups"].items()))
