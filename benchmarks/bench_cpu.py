@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             run = openvino_compiled(model_ov, args.threads)
             paths.append(Candidate("OpenVINO int8 (our QDQ file)", run, "OpenVINO CPU, our int8 file"))
         except RuntimeError as exc:  # OpenVINO 2026.4's MatMulTransformation rejects the value projections
-            skipped["openvino-qdq-int8"] = f"OpenVINO cannot compile the file: {str(exc).splitlines()[-1][:300]}"
+            skipped["openvino-qdq-int8"] = f"OpenVINO cannot compile the file: {' '.join(str(exc).split())[-400:]}"
     if "openvino-nncf-int8" in openvino_keys:
         try:
             started = time.perf_counter()
