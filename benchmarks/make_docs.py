@@ -7,7 +7,8 @@ Understood result kinds (the ``benchmark`` field): ``bench_service`` (faseg benc
 (faseg bench model), ``hf_compare`` (benchmarks/hf_compare.py), ``client_overhead``
 (benchmarks/client_overhead.py), ``ort_spinning`` (benchmarks/ort_spinning.py), ``service_cpu_overhead``
 (benchmarks/service_cpu_overhead.py), ``bench_export``
-(benchmarks/bench_export.py), ``verify_matrix`` (benchmarks/verify_matrix.py), and ``faseg loadtest``
+(benchmarks/bench_export.py), ``verify_matrix`` (benchmarks/verify_matrix.py), ``bench_cpu``
+(benchmarks/bench_cpu.py), ``int8_accuracy`` (benchmarks/int8_accuracy.py), and ``faseg loadtest``
 reports (``report.json``, schema ``faseg.loadtest/1``).
 Other files are listed by name only. Plots need matplotlib; without it the tables are written alone.
 """
@@ -44,6 +45,8 @@ faseg loadtest --url http://127.0.0.1:8000 --concurrency 1,2,4,8,16 --out runs/s
 faseg loadtest --url http://127.0.0.1:8000 --rate 2,4,8 --out runs/open                # open loop (Poisson)
 python benchmarks/hf_compare.py                   # our fastest CPU path vs Hugging Face Mask2Former
 python benchmarks/service_cpu_overhead.py         # the service's own CPU per request (model cost subtracted)
+python benchmarks/bench_cpu.py                    # CPU paths: HF, torch, ORT fp32 / int8, OpenVINO (.[bench] extra)
+python benchmarks/int8_accuracy.py --sensitivity  # int8 vs fp32: mIoU, photographs, per-group sensitivity
 python benchmarks/make_docs.py                    # regenerate this page
 locust -f benchmarks/locustfile.py --host http://127.0.0.1:8000   # interactive (pip install locust)
 ```
@@ -385,6 +388,58 @@ def render_spinning(path: Path, data: dict[str, Any], img: Path) -> str:
     return "\n".join(parts)
 
 
+def render_cpu(path: Path, data: dict[str, Any], img: Path) -> str:
+    parts = [f"### {data.get('title', 'CPU paths')}", _source(path, data)]
+    parts.append(f"\nImages: {data.get('images')}; int8 calibration: {data.get('calibration')}.")
+    rows = [
+        [name, r["median_ms"], r.get("min_ms"), _fmt(r.get("label_agreement_vs_torch"), 5), r.get("what")]
+        for name, r in data["latency"].items()
+    ]
+    header = ["path", "median ms", "min ms", "labels = torch fp32", "what"]
+    parts.append(f"\nMedians of {data.get('runs')} interleaved rounds:\n\n" + _table(header, rows))
+    rows = [[name, f"×{r['ratio']:.2f}", r.get("target", "–"), r.get("met", "–")] for name, r in data["ratios"].items()]
+    if rows:
+        parts.append("\n" + _table(["comparison", "speed-up", "target", "met"], rows))
+    if data.get("skipped"):
+        parts.append("\nSkipped: " + "; ".join(f"{k} ({v})" for k, v in data["skipped"].items()))
+    sweep = data.get("session_sweep")
+    if sweep:
+        rows = [[name, r["median_ms"], r["min_ms"], f"×{r['vs_baseline']:.3f}"] for name, r in sweep["latency"].items()]
+        parts.append(
+            f"\nONNX Runtime session settings on `{sweep['file']}` (interleaved rounds, same images):\n\n"
+            + _table(["settings", "median ms", "min ms", "vs first row"], rows)
+        )
+    return "\n".join(parts)
+
+
+def render_int8(path: Path, data: dict[str, Any], img: Path) -> str:
+    parts = [f"### {data.get('title', 'int8 accuracy')}", _source(path, data)]
+    parts.append(f"\nFlavour {data.get('flavour')}; calibration {data.get('calibration')}.")
+    acc = data.get("accuracy")
+    if acc:
+        rows = [
+            [f"mIoU on {acc['data']} ({acc['fp32']['num_images']} images)", _fmt(100 * acc["fp32"]["miou"], 2),
+             _fmt(100 * acc["int8"]["miou"], 2), f"drop {acc['miou_drop_points']:.2f} points",
+             f"≤ {acc['miou_target']['max_drop_points']}", acc["miou_target"]["met"]],
+            [f"labels = fp32 on {len(acc['photos'])} photographs", "–", "–",
+             _fmt(100 * acc["photo_label_agreement"], 2) + " %",
+             f"≥ {100 * acc['photo_target']['min_agreement']:.0f} %", acc["photo_target"]["met"]],
+        ]  # fmt: skip
+        parts.append("\n" + _table(["measure", "fp32", "int8", "result", "target", "met"], rows))
+    sens = data.get("sensitivity")
+    if sens:
+        rows = [
+            [r["config"], r["group"] or "–", r["quantized_nodes"], _fmt(100 * r["label_agreement"], 2),
+             _fmt(r.get("masks_median_abs"), 3), _fmt(r.get("class_logits_median_abs"), 3)]
+            for r in sens["rows"]
+        ]  # fmt: skip
+        header = ["quantised", "group", "nodes", "labels = fp32 %", "median Δ mask logit", "median Δ class logit"]
+        parts.append(f"\nSensitivity on {sens['images']} (reference: {sens['reference']}):\n\n" + _table(header, rows))
+    if data.get("float_groups"):
+        parts.append("\nHeld in float: " + "; ".join(f"**{g}** ({why})" for g, why in data["float_groups"].items()))
+    return "\n".join(parts)
+
+
 def kind_of(data: dict[str, Any]) -> str | None:
     if data.get("schema") == "faseg.loadtest/1":
         return "loadtest"
@@ -401,6 +456,8 @@ SECTIONS: list[tuple[str, str, Callable[[Path, dict[str, Any], Path], str]]] = [
     ("service_cpu_overhead", "Service CPU per request", render_cpu_overhead),
     ("bench_export", "Export: torch vs ONNX Runtime", render_export),
     ("verify_matrix", "Export parity: faseg verify matrix", render_verify),
+    ("bench_cpu", "CPU serving paths: int8, OpenVINO and HF side by side", render_cpu),
+    ("int8_accuracy", "int8 accuracy (demo model)", render_int8),
 ]
 
 

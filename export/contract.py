@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from .metadata import META_CLASSES, META_FLAVOUR, META_FORMAT_VERSION, META_INPUT_SIZE, META_PALETTE, META_PRESET
 
@@ -38,7 +39,7 @@ PORTABLE_FLAVOUR = "portable"
 PLUGIN_FLAVOUR = "plugin"
 FLAVOURS = (PORTABLE_FLAVOUR, PLUGIN_FLAVOUR)
 #: Precision names of exported files and engines, in the order the CLI lists them.
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 RGB = tuple[int, int, int]
 
@@ -181,6 +182,20 @@ def check_serving_io(inputs: Mapping[str, TensorInfo], outputs: Mapping[str, Ten
     return (h, w) if isinstance(h, int) and isinstance(w, int) else None
 
 
+def letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 (h, w, 3) -> (H, W, 3): scaled to fit with its aspect ratio, top-left on black (as the service)."""
+    in_h, in_w = size
+    h, w = image.shape[:2]
+    scale = min(in_w / w, in_h / h)
+    cw, ch = min(in_w, max(1, round(w * scale))), min(in_h, max(1, round(h * scale)))
+    pil = Image.fromarray(np.ascontiguousarray(image[..., :3]))
+    if pil.size != (cw, ch):
+        pil = pil.resize((cw, ch), Image.Resampling.BILINEAR)
+    canvas = np.zeros((in_h, in_w, 3), dtype=np.uint8)
+    canvas[:ch, :cw] = np.asarray(pil)
+    return canvas
+
+
 __all__ = [
     "BATCH_DIM",
     "CONFIDENCE_NAME",
@@ -203,6 +218,7 @@ __all__ = [
     "check_serving_io",
     "check_size",
     "default_palette",
+    "letterbox",
     "metadata_input_size",
     "parse_palette",
 ]

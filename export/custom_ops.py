@@ -52,6 +52,11 @@ class CustomOpsLibraryNotFoundError(FileNotFoundError):
     """``libfaseg_ort_ops.so`` is not built (or ``FASEG_ORT_OPS_LIB`` points to a missing file)."""
 
 
+class CustomOpsLibraryLoadError(CustomOpsLibraryNotFoundError):
+    """The library file exists but ONNX Runtime cannot load it as a custom-op library (not a shared object,
+    no ``RegisterCustomOps`` symbol, ...): no usable library was found."""
+
+
 def library_search_paths() -> list[Path]:
     """Where :func:`ort_custom_ops_library` looks, in order (:class:`~faseg.export.native_library.NativeLibrary`)."""
     return LIBRARY.search_paths()
@@ -68,11 +73,18 @@ def register_custom_ops(session_options: Any) -> None:
     Raises:
         CustomOpsLibraryNotFoundError: the library is not built; the message names the expected path(s)
             and the build command.
+        CustomOpsLibraryLoadError: the file found is not a loadable custom-op library.
     """
     library = ort_custom_ops_library()
     if library is None:
         raise CustomOpsLibraryNotFoundError(missing_library_message())
-    session_options.register_custom_ops_library(str(library))
+    try:
+        session_options.register_custom_ops_library(str(library))
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        raise CustomOpsLibraryLoadError(
+            f"{library} is not a loadable FASeg ONNX Runtime custom-op library ({exc}). Build {LIBRARY_NAME} with "
+            f"`{BUILD_COMMAND}` or set {LIBRARY_ENV} to the built library."
+        ) from exc
 
 
 def missing_library_message() -> str:
@@ -94,6 +106,7 @@ __all__ = [
     "TOPK_CROSS_ATTN_OP",
     "TOPK_DEFAULT_DIVISOR",
     "TOPK_MODES",
+    "CustomOpsLibraryLoadError",
     "CustomOpsLibraryNotFoundError",
     "library_search_paths",
     "missing_library_message",

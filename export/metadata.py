@@ -9,7 +9,9 @@ META_PALETTE = "faseg.palette"
 META_INPUT_SIZE = "faseg.input_size"
 META_PRESET = "faseg.preset"
 META_FLAVOUR = "faseg.flavour"
-META_PRECISION = "faseg.precision"
+META_PRECISION = "faseg.precision"  # fp32 | fp16 | int8
+#: int8 files: JSON {"data": dataset spec, "num_images": images used, "method": "minmax"}.
+META_CALIBRATION = "faseg.calibration"
 META_FORMAT_VERSION = "faseg.format_version"
 META_OUTPUTS = "faseg.outputs"
 META_INPUT_LAYOUT = "faseg.input_layout"

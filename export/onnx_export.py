@@ -31,6 +31,7 @@ import torch
 from faseg.export.contract import INPUT_LAYOUT, INPUT_NAME
 from faseg.export.metadata import (
     FORMAT_VERSION,
+    META_CALIBRATION,
     META_CLASSES,
     META_EXPORTER,
     META_FLAVOUR,
@@ -65,7 +66,7 @@ from faseg.export.onnx_options import (
     check_size,
     parse_outputs,
 )
-from faseg.export.onnx_passes import CheckGraph, MixedPrecision, OptimizeHead, Slim, describe_io
+from faseg.export.onnx_passes import CheckGraph, MixedPrecision, OptimizeHead, QuantizeInt8, Slim, describe_io
 from torch import nn
 
 
@@ -78,6 +79,8 @@ class AddMetadata(ExportStep):
         from faseg import __version__
 
         metadata = export_metadata(state.model, state.input_size, state.options)
+        if state.options.calibration is not None:
+            metadata[META_CALIBRATION] = state.options.calibration.to_metadata(state.calibration_images)
         del state.proto.metadata_props[:]
         for key, value in metadata.items():
             prop = state.proto.metadata_props.add()
@@ -122,6 +125,8 @@ def pipeline(options: ExportOptions) -> list[ExportStep]:
         steps.append(Slim())
     if options.precision == "fp16":
         steps.append(MixedPrecision())
+    if options.precision == "int8":
+        steps.append(QuantizeInt8())
     steps += [CheckGraph(), AddMetadata(), Save()]
     return steps
 
@@ -230,6 +235,7 @@ __all__ = [
     "ExportStep",
     "MixedPrecision",
     "OptimizeHead",
+    "QuantizeInt8",
     "Save",
     "Slim",
     "StepResult",

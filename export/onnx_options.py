@@ -12,6 +12,7 @@ from faseg.export import contract
 from faseg.export.contract import CONFIDENCE_NAME as CONFIDENCE
 from faseg.export.contract import FLAVOURS, PRECISIONS, PRED_LOGITS, PRED_MASKS, ContractError
 from faseg.export.contract import LABELS_NAME as LABELS
+from faseg.export.quantize import Calibration
 from torch import nn
 
 #: ``--outputs`` choices -> graph output names, in graph order.
@@ -73,12 +74,20 @@ class ExportOptions:
     optimize: bool = True  # OptimizeHead: Einsum -> MatMul, ReduceMax + ArgMax -> TopK
     slim: bool = False
     example_batch: int = 2  # > 1, so that nothing batch-specific hides behind a size-1 dimension
+    calibration: Calibration | None = None  # int8 only: where the activation ranges come from
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
             raise ExportError(f"unknown flavour {self.flavour!r}; choose from {', '.join(FLAVOURS)}")
         if self.precision not in PRECISIONS:
             raise ExportError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
+        if self.precision == "int8" and self.calibration is None:
+            raise ExportError(
+                "precision int8 needs calibration images: --calibration DATA (a dataset spec such as "
+                "synthetic:val or folder:PATH)"
+            )
+        if self.precision != "int8" and self.calibration is not None:
+            raise ExportError(f"calibration data is only used with precision int8, not {self.precision}")
         if self.size is not None:
             object.__setattr__(self, "size", check_size(self.size))
         object.__setattr__(self, "outputs", parse_outputs(self.outputs))
@@ -134,6 +143,7 @@ class ExportState:
     input_size: tuple[int, int]
     out: Path
     proto: Any = None  # onnx.ModelProto once captured
+    calibration_images: int | None = None  # int8: images the ranges came from
 
 
 class ExportStep(abc.ABC):

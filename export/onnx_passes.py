@@ -12,6 +12,7 @@ from faseg.export.contract import BATCH_DIM, INPUT_NAME, PRED_LOGITS, PRED_MASKS
 from faseg.export.contract import CONFIDENCE_NAME as CONFIDENCE
 from faseg.export.contract import LABELS_NAME as LABELS
 from faseg.export.onnx_options import MAX_IR_VERSION, ExportError, ExportState, ExportStep
+from faseg.export.quantize import QuantizationError, calibration_images, quantize_int8
 
 
 class Slim(ExportStep):
@@ -222,6 +223,28 @@ class MixedPrecision(ExportStep):
             return None
 
         return rule
+
+
+class QuantizeInt8(ExportStep):
+    """``--precision int8``: static QDQ int8 of the convolutions and matrix multiplies (:mod:`.quantize`).
+
+    Calibrates on ``options.calibration`` (images letterboxed into the bucket); custom-domain nodes, every op
+    that is not a Conv / MatMul / Gemm, and the node groups of :data:`faseg.export.quantize.FLOAT_GROUPS`
+    stay fp32. The number of images actually used is recorded in the metadata.
+    """
+
+    name = "int8"
+
+    def run(self, state: ExportState) -> dict[str, Any]:
+        calibration = state.options.calibration
+        assert calibration is not None  # ExportOptions guarantees it for int8
+        try:
+            images = calibration_images(calibration.data, state.input_size, calibration.num_images)
+            state.proto, report = quantize_int8(state.proto, images, plugin=state.options.flavour == "plugin")
+        except QuantizationError as exc:
+            raise ExportError(f"int8: {exc}") from exc
+        state.calibration_images = len(images)
+        return report.to_dict()
 
 
 class CheckGraph(ExportStep):

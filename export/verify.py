@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from .contract import letterbox
 from .metadata import META_CLASSES, META_PRESET
 from .session import OrtSession, SessionConfig, SessionError
 
@@ -49,9 +50,14 @@ class Tolerances:
 #: By the file's precision. fp32 is the issue's acceptance bar. fp16 follows mmdeploy /
 #: Polygraphy practice: fp16 moves logits of magnitude ~50 by more than 2e-2 and flips a few threshold decisions
 #: near their boundary, so it is gated on the median error and on label agreement, and the maxima are reported.
+#: int8 (static QDQ, ``faseg export onnx --precision int8``) is gated the same way with bars from measurement: the
+#: shipped demo model's int8 file agrees with torch on 98.70 % of labels with a median logit error of 0.224 (batch 1
+#: and 4, photos + random images; the mask logits carry most of it), so the bars are the issue's 98 % photo
+#: agreement and 0.35 (about 1.5× the measured median); a file with one scrambled weight tensor misses both.
 TOLERANCES = {
     "fp32": Tolerances(label_agreement=0.999, logits_max_abs=1e-3, confidence_max_abs=1e-3),
     "fp16": Tolerances(label_agreement=0.995, logits_max_abs=None, confidence_max_abs=None, logits_median_abs=2e-2),
+    "int8": Tolerances(label_agreement=0.98, logits_max_abs=None, confidence_max_abs=None, logits_median_abs=0.35),
 }
 
 
@@ -62,22 +68,6 @@ class VerifyError(ValueError):
 # ---------------------------------------------------------------------------------------------------
 # inputs
 # ---------------------------------------------------------------------------------------------------
-
-
-def letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 (h, w, 3) -> (H, W, 3): scaled to fit with its aspect ratio, top-left on black (as the service)."""
-    from PIL import Image
-
-    in_h, in_w = size
-    h, w = image.shape[:2]
-    scale = min(in_w / w, in_h / h)
-    cw, ch = min(in_w, max(1, round(w * scale))), min(in_h, max(1, round(h * scale)))
-    pil = Image.fromarray(np.ascontiguousarray(image[..., :3]))
-    if pil.size != (cw, ch):
-        pil = pil.resize((cw, ch), Image.Resampling.BILINEAR)
-    canvas = np.zeros((in_h, in_w, 3), dtype=np.uint8)
-    canvas[:ch, :cw] = np.asarray(pil)
-    return canvas
 
 
 def random_images(count: int, size: tuple[int, int], seed: int = 0) -> list[tuple[str, np.ndarray]]:

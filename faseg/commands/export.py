@@ -14,8 +14,31 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import CLIError
+
+if TYPE_CHECKING:
+    from faseg.export.quantize import Calibration
+
+
+def _calibration(args: argparse.Namespace) -> Calibration | None:
+    from faseg.export.quantize import Calibration, QuantizationError, calibration_dataset
+
+    if args.precision != "int8":
+        if args.calibration is not None:
+            raise CLIError("--calibration is only used with --precision int8")
+        return None
+    if not args.calibration:
+        raise CLIError(
+            "--precision int8 needs calibration images: --calibration DATA, a dataset spec as `faseg eval --data` "
+            "takes it (synthetic:val, folder:PATH, ade20k:PATH, cityscapes:PATH)"
+        )
+    try:
+        calibration_dataset(args.calibration)  # a spec without images fails here, before the export starts
+        return Calibration(args.calibration, args.calibration_images)
+    except QuantizationError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def run_onnx(args: argparse.Namespace) -> int:
@@ -23,6 +46,7 @@ def run_onnx(args: argparse.Namespace) -> int:
     from faseg.model.demo import demo_checkpoint_dir
     from faseg.model.summary import parse_size
 
+    calibration = _calibration(args)
     options = ExportOptions(
         size=parse_size(args.size) if args.size else None,
         flavour=args.flavour,
@@ -31,6 +55,7 @@ def run_onnx(args: argparse.Namespace) -> int:
         opset=args.opset,
         optimize=not args.no_optimize,
         slim=args.slim,
+        calibration=calibration,
     )
     if not str(args.out).endswith(".onnx"):
         raise CLIError(f"--out {args.out!r} must name a .onnx file")
@@ -49,6 +74,12 @@ def run_onnx(args: argparse.Namespace) -> int:
         print(f"  output {name} {info['dtype']} {info['shape']}")
     if result.custom_nodes:
         print("  custom nodes: " + ", ".join(f"{k} x{v}" for k, v in result.custom_nodes.items()))
+    int8 = next((step.details for step in result.steps if step.step == "int8"), None)
+    if int8 is not None:
+        print(
+            f"  int8: {int8['quantized_nodes']} Conv/MatMul nodes quantised, {int8['float_nodes']} kept fp32, "
+            f"calibrated on {int8['calibration_images']} images of {args.calibration}"
+        )
     return 0
 
 
@@ -72,9 +103,22 @@ def _register_onnx(targets: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "fp16"),
+        choices=("fp32", "fp16", "int8"),
         default="fp32",
-        help="fp16: mixed fp16/fp32 graph for GPU runtimes (TensorRT, CUDA EP); see docs/export.md §7",
+        help="fp16: mixed fp16/fp32 graph for GPU runtimes (TensorRT, CUDA EP); int8: static QDQ int8 for CPU "
+        "runtimes, needs --calibration; see docs/export.md §7",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="DATA",
+        help="int8: calibration images from a dataset spec (synthetic:val, folder:PATH, ade20k:PATH, ...)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        default=16,
+        metavar="N",
+        help="int8: number of calibration images, spread over the dataset (default 16)",
     )
     parser.add_argument(
         "--outputs",

@@ -51,10 +51,11 @@ class OnnxRuntimeBackend(Backend):
             info = ModelInfo.from_metadata(model_name, session.metadata, input_size=session.check_serving_io())
         except (SessionError, ContractError, CustomOpsLibraryNotFoundError) as exc:
             raise BackendError(str(exc)) from exc
-        # An fp16 file (faseg export onnx --precision fp16) computes in fp16 whatever the setting says; on the
-        # CPU provider ONNX Runtime widens what it has no fp16 kernels for, so it runs, slower than fp32.
-        if session.precision == "fp16":
-            precision = "fp16"
+        # An fp16 file (--precision fp16) computes in fp16 whatever the setting says (on the CPU provider ONNX
+        # Runtime widens what it has no fp16 kernels for: it runs, slower than fp32); an int8 file (--precision
+        # int8, QDQ) computes its convolutions and matrix multiplies in int8 on every provider.
+        if session.precision in ("fp16", "int8"):
+            precision = session.precision
         log.info("onnxruntime session for %s on providers %s", path, session.providers)
         return cls(session, info, device=device, max_batch_size=max_batch_size, precision=precision)
 

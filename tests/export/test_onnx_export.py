@@ -318,7 +318,7 @@ def test_checkpoint_that_does_not_load(tmp_path: Path, tiny_checkpoint: Path, ca
 
 def test_option_errors() -> None:
     with pytest.raises(ExportError, match="unknown precision"):
-        ExportOptions(precision="int8")
+        ExportOptions(precision="int4")  # int8 is a precision (with calibration data)
     with pytest.raises(ExportError, match="unknown flavour"):
         ExportOptions(flavour="tensorrt")
     with pytest.raises(ExportError, match="unknown capture strategy"):
