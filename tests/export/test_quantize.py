@@ -29,6 +29,7 @@ from faseg.export.quantize import (
 from faseg.export.session import OrtSession, SessionConfig
 from faseg.export.verify import TOLERANCES, default_checkpoint, verify
 from faseg.service import Settings, create_app
+from faseg.service.backends.base import BackendError
 from faseg.service.backends.onnxruntime import OnnxRuntimeBackend
 from fastapi.testclient import TestClient
 from onnx import numpy_helper
@@ -164,12 +165,13 @@ def test_int8_plugin_file_with_a_missing_or_wrong_library_fails_at_startup(
     if flavour != "plugin":
         pytest.skip("only plugin-flavour files need the custom-op library")
     monkeypatch.setenv(custom_ops.LIBRARY_ENV, str(tmp_path / "missing" / custom_ops.LIBRARY_NAME))
-    with pytest.raises(custom_ops.CustomOpsLibraryNotFoundError, match="does not exist"):
+    # The service's backend turns the runtime's error into its one-line start-up error (BackendError).
+    with pytest.raises(BackendError, match="does not exist"):
         OnnxRuntimeBackend.load(result.path, model_name="demo-int8")
     not_a_library = tmp_path / "libwrong.so"
     not_a_library.write_text("not a shared object")
     monkeypatch.setenv(custom_ops.LIBRARY_ENV, str(not_a_library))
-    with pytest.raises(custom_ops.CustomOpsLibraryLoadError, match="not a loadable FASeg"):
+    with pytest.raises(BackendError, match="not a loadable FASeg"):
         OnnxRuntimeBackend.load(result.path, model_name="demo-int8")
     with pytest.raises(custom_ops.CustomOpsLibraryLoadError):
         OrtSession(result.path, SessionConfig(device="cpu"))
