@@ -127,6 +127,22 @@ class ServiceMetrics:
         self.ready = Gauge("faseg_ready", "1 when /readyz answers 200", registry=r)
         self.warmup_seconds = Gauge("faseg_warmup_duration_seconds", "Duration of the last warm-up", registry=r)
         self.model_info = Info("faseg_model", "The served model", registry=r)
+        # The model repository (docs/service.md, "Model repository"): per model, version and bucket.
+        self.version_ready = Gauge(
+            "faseg_model_version_ready", "1 while a model version takes traffic", ["model", "version"], registry=r
+        )
+        self.load_failures = Counter(
+            "faseg_model_load_failures",
+            "Model versions that failed to load or warm up",
+            ["model", "version"],
+            registry=r,
+        )
+        self.bucket_images = Counter(
+            "faseg_model_inference_images",
+            "Images run through the model, by model, version and input bucket",
+            ["model", "version", "bucket"],
+            registry=r,
+        )
         self.stats = ModelStatistics()
 
     # --- BatchObserver ----------------------------------------------------------------------------------
