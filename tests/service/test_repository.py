@@ -4,6 +4,10 @@ class sets, one with two input buckets; answers equal those of single-model serv
 from __future__ import annotations
 
 import base64
+import json
+import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import BASE_ARGS
+from faseg.model.demo import demo_checkpoint_dir
 from PIL import Image
 from service_http import scrape
 from service_images import encode
@@ -178,3 +183,51 @@ def test_broken_model_is_not_ready_and_reported(servers: dict[str, httpx.Client]
     metrics = scrape(str(repo.base_url).rstrip("/"))
     assert 'faseg_model_load_failures_total{model="broken",version="1"} 1.0' in metrics
     assert 'faseg_model_inference_images_total{bucket="256x512",model="demo",version="1"}' in metrics
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "service.md"
+
+
+def _documented_commands() -> list[str]:
+    """The shell lines of the bash blocks of docs/service.md's "Model repository" section."""
+    text = DOC.read_text()
+    section = text[text.index("## Model repository") :]
+    section = section[: section.index("\n## ", 1)]
+    lines = []
+    for block in section.split("```bash\n")[1:]:
+        lines += [line for line in block.split("```")[0].splitlines() if line.strip()]
+    return lines
+
+
+def test_documented_examples_work(files: dict[str, Path], tmp_path: Path) -> None:
+    """Build the repository of docs/service.md as documented and run its commands against it."""
+    commands = _documented_commands()
+    exports = [c for c in commands if c.startswith("faseg export onnx")]
+    (serve,) = [c for c in commands if c.startswith("faseg serve")]
+    curls = [c for c in commands if c.startswith("curl")]
+    assert len(exports) == 2 and len(curls) >= 6
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "demo_model").symlink_to(demo_checkpoint_dir())
+    faseg = Path(sys.executable).with_name("faseg")
+    for command in exports:
+        result = subprocess.run(
+            [str(faseg), *shlex.split(command)[1:]], cwd=tmp_path, capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stderr
+    place(files["toy"], tmp_path / "models", "toy", 1)  # "any other export"
+    (tmp_path / "wide.png").write_bytes(WIDE_IMAGE)
+    args = [str(tmp_path / a) if a == "models" else a for a in shlex.split(serve)[2:]]
+    server = ServerProcess([*args, *FAST], tmp_path / "server.log").start()
+    try:
+        for command in curls:
+            command = command.replace("http://127.0.0.1:8000", server.url).replace(
+                "curl -s", "curl -sS --fail-with-body"
+            )
+            result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, check=False)
+            assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+            if "bucket=256x256" in command:
+                assert json.loads(result.stdout)["bucket"] == "256x256"
+            elif "segment?model=demo" in command:
+                assert json.loads(result.stdout)["bucket"] == "256x512"
+    finally:
+        server.stop()
