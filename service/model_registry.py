@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends import Backend, load_backend
+from .backends import Backend, BackendError, load_backend
 from .core.config import Settings, infer_backend
 from .core.errors import ModelNotFound, NotReady
 from .core.lifecycle import NOT_READY_RETRY_AFTER_S
@@ -303,7 +303,11 @@ class ModelRegistry:
     def _file_settings(self, name: str, path: Path, config: ModelConfig) -> Settings:
         update: dict[str, Any] = {"model": path, "model_name": name}
         if self.repository is not None:
-            update["backend"] = infer_backend(path)
+            update["backend"] = backend = infer_backend(path)
+            if backend == "tensorrt" and (config.instances or self.settings.instances) > 1:
+                raise BackendError(f"{path}: a TensorRT engine runs one batch at a time: instances must be 1")
+            if backend == "tensorrt" and self.settings.device != "cuda":
+                raise BackendError(f"{path}: a TensorRT engine needs --device cuda")
         if config.max_batch_size is not None:
             update["max_batch_size"] = config.max_batch_size
         return self.settings.model_copy(update=update)

@@ -151,3 +151,24 @@ def test_poll_picks_up_a_new_version(repository: Path, toy_onnx: Path, tmp_path:
                 time.sleep(0.2)
     finally:
         process.stop()
+
+
+def test_pinned_versions_with_num_versions_2(repository: Path, toy_onnx: Path, tmp_path: Path) -> None:
+    place(toy_onnx, repository, "toy", 2)
+    (repository / "toy" / "config.json").write_text('{"num_versions": 2, "bucket": "96x128"}')
+    process = ServerProcess(["--model-repository", str(repository), *BASE_ARGS], tmp_path / "pin.log").start()
+    try:
+        with httpx.Client(base_url=process.url, timeout=30) as client:
+            assert _segment(client, model="toy").json()["model_version"] == "2"  # the highest ready version
+            assert _segment(client, model="toy", version="1").json()["model_version"] == "1"
+            pinned = client.post(
+                "/v2/models/toy/versions/1/infer",
+                json={"inputs": [{"name": "IMAGE", "shape": [1], "datatype": "BYTES", "data": []}]},
+            )
+            assert pinned.status_code == 400  # reached version 1 (no images is the client's error)
+            assert client.get("/v2/models/toy/versions/1/ready").status_code == 200
+            assert client.get("/v2/models/toy").json()["versions"] == ["2", "1"]
+            described = client.get("/v1/models").json()["models"]
+            assert [(m["version"], m["default_bucket"]) for m in described] == [("1", "96x128"), ("2", "96x128")]
+    finally:
+        process.stop()
