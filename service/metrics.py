@@ -144,11 +144,19 @@ class ServiceMetrics:
             registry=r,
         )
         self.stats = ModelStatistics()
+        self._bucket_depths: dict[object, int] = {}  # written on the event loop only (the batchers' loop)
 
     # --- BatchObserver ----------------------------------------------------------------------------------
 
     def queue_depth(self, images: int) -> None:
         self.queue_depth_gauge.set(images)
+
+    def bucket_queue_depth(self, bucket: object, images: int) -> None:
+        """The queue of one bucket's batcher (a model repository has several): the gauge shows their sum."""
+        self._bucket_depths[bucket] = images
+        if not images:
+            del self._bucket_depths[bucket]
+        self.queue_depth_gauge.set(sum(self._bucket_depths.values()))
 
     def batch_done(self, size: int, infer_s: float, queue_s: Sequence[float]) -> None:
         self.batch_size.observe(size)

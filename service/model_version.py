@@ -64,7 +64,7 @@ class _BucketObserver:
         self._images = metrics.bucket_images.labels(model, version, bucket_name(bucket))
 
     def queue_depth(self, images: int) -> None:
-        self._metrics.queue_depth(images)
+        self._metrics.bucket_queue_depth(self, images)
 
     def batch_done(self, size: int, infer_s: float, queue_s: Sequence[float]) -> None:
         self._images.inc(size)
@@ -105,6 +105,7 @@ class ServedVersion:
         max_batch = config.max_batch_size or settings.max_batch_size
         ordered = sorted(backends, key=lambda b: (b.input_size[0] * b.input_size[1], b.input_size))
         self.runners: dict[Bucket, BucketRunner] = {}
+        self._observers: list[_BucketObserver] = []
         for backend in ordered:
             policy = BatchPolicy(
                 max_batch_size=min(max_batch, backend.max_batch_size),
@@ -113,6 +114,7 @@ class ServedVersion:
                 instances=config.instances or settings.instances,
             )
             observer = _BucketObserver(metrics, name, version, backend.input_size)
+            self._observers.append(observer)
             batcher = DynamicBatcher(backend.infer, policy, infer_pool, observer)
             self.runners[backend.input_size] = BucketRunner(backend.input_size, backend, batcher)
         self.pipeline = Pipeline(
@@ -212,6 +214,8 @@ class ServedVersion:
     async def close(self, timeout_s: float) -> None:
         self.state = VersionState.UNLOADING
         await asyncio.gather(*(r.batcher.stop(timeout_s) for r in self.runners.values()))
+        for observer in self._observers:
+            observer.queue_depth(0)
         loop = asyncio.get_running_loop()
         for runner in self.runners.values():
             try:

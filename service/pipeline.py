@@ -198,11 +198,11 @@ class Pipeline:
             groups.setdefault(prepared.bucket, []).append(index)
         for bucket, indices in groups.items():  # all buckets admit their images, or none is queued
             self.batchers[bucket].check_room(len(indices))
-        futures: list[asyncio.Future[ItemResult]] = [None] * len(images)  # type: ignore[list-item]
+        submitted: dict[int, asyncio.Future[ItemResult]] = {}
         for bucket, indices in groups.items():
-            submitted = self.batchers[bucket].submit([images[i].tensor for i in indices], deadline)
-            for index, future in zip(indices, submitted, strict=True):
-                futures[index] = future
+            batch = self.batchers[bucket].submit([images[i].tensor for i in indices], deadline)
+            submitted.update(zip(indices, batch, strict=True))
+        futures = [submitted[index] for index in range(len(images))]
         gathered = asyncio.gather(*futures, return_exceptions=True)
         timeout = max(0.0, deadline - time.monotonic())
         done, _ = await asyncio.wait({gathered, disconnected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
