@@ -231,3 +231,18 @@ def test_documented_examples_work(files: dict[str, Path], tmp_path: Path) -> Non
                 assert json.loads(result.stdout)["bucket"] == "256x512"
     finally:
         server.stop()
+
+
+def test_torch_checkpoint_directory_as_a_bucket(tmp_path: Path) -> None:
+    """A version directory may hold a torch checkpoint directory instead of an exported file."""
+    (tmp_path / "repo" / "demo" / "1").mkdir(parents=True)
+    (tmp_path / "repo" / "demo" / "1" / "checkpoint").symlink_to(demo_checkpoint_dir())
+    server = ServerProcess(["--model-repository", str(tmp_path / "repo"), *FAST], tmp_path / "torch.log").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            [model] = client.get("/v1/models").json()["models"]
+            assert model["backend"] == "torch" and model["name"] == "demo" and model["state"] == "READY"
+            answer = _segment(client, SQUARE_IMAGE)
+            assert answer.status_code == 200 and answer.json()["bucket"] == model["bucket_names"][0]
+    finally:
+        server.stop()
