@@ -40,6 +40,7 @@ class ModelSlot:
     config: ModelConfig = field(default_factory=ModelConfig)
     versions: dict[str, ServedVersion] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    error: str | None = None  # a problem of the model's directory itself (layout, config.json)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     signature: tuple[Any, ...] | None = None  # what the last load saw on disk (polling reloads on change)
 
@@ -123,7 +124,9 @@ class ModelRegistry:
                 )
             return served
         if not ready:
-            reason = "; ".join(f"version {v}: {e}" for v, e in slot.errors.items()) or "no version is loaded"
+            problems = [slot.error] if slot.error else []
+            problems += [f"version {v}: {e}" for v, e in slot.errors.items()]
+            reason = "; ".join(problems) or "no version is loaded"
             raise NotReady(f"model {name!r} has no ready version ({reason})", retry_after_s=NOT_READY_RETRY_AFTER_S)
         return ready[0]
 
@@ -154,7 +157,7 @@ class ModelRegistry:
             versions = set(source.versions if source else ()) | set(slot.versions if slot else ())
             versions |= set(slot.errors if slot else ())
             if not versions:
-                reason = (source.error if source else None) or "not loaded"
+                reason = (source.error if source else None) or (slot.error if slot else None) or "not loaded"
                 entries.append({"name": name, "state": "UNAVAILABLE", "reason": reason})
             for version in sorted(versions, key=int):
                 served = slot.versions.get(version) if slot else None
@@ -200,13 +203,13 @@ class ModelRegistry:
             self._turn_ready(served)
         return loop.time() - started
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str) -> list[str]:
         """``POST /v2/repository/models/{name}/load``: (re)read the model's directory and serve its
-        highest versions, replacing older ones only once a new one is ready."""
+        highest versions, replacing older ones only once a new one is ready. Returns the problems met."""
         source = self._read(name)
         if source is None:
             raise ModelNotFound(f"no model {name!r} in the repository; models: {sorted(self._scan())}")
-        await self._load_versions(name, source, warm=True, strict=False)
+        return await self._load_versions(name, source, warm=True, strict=False)
 
     async def unload(self, name: str) -> None:
         """``POST /v2/repository/models/{name}/unload``: every version stops taking requests, finishes the
@@ -247,7 +250,8 @@ class ModelRegistry:
 
     # --- internals ---------------------------------------------------------------------------------------
 
-    async def _load_versions(self, name: str, source: ModelSource, *, warm: bool, strict: bool) -> None:
+    async def _load_versions(self, name: str, source: ModelSource, *, warm: bool, strict: bool) -> list[str]:
+        """Load what ``source`` wants served; returns the problems met (empty when all went well)."""
         slot = self.models.setdefault(name, ModelSlot(name))
         async with slot.lock:
             slot.signature = _signature(source)
@@ -255,10 +259,11 @@ class ModelRegistry:
                 if strict:
                     raise RepositoryError(source.error)
                 log.error("model %s: %s", name, source.error)
-                slot.errors = {"0": source.error} if not source.versions else slot.errors
+                slot.error = source.error
                 self.metrics.load_failures.labels(name, "").inc()
-                return
+                return [source.error]
             slot.config = source.config
+            slot.error = None
             wanted = source.wanted_versions()
             for version in wanted:
                 current = slot.versions.get(version)
@@ -282,7 +287,7 @@ class ModelRegistry:
                     self._turn_ready(served)
             if any(slot.versions[v].ready for v in wanted if v in slot.versions):
                 await self._retire(slot, [v for v in slot.versions if v not in wanted])
-            slot.errors.pop("0", None)
+            return [f"version {v}: {slot.errors[v]}" for v in wanted if v in slot.errors]
 
     async def _load_version(
         self, name: str, version: str, files: tuple[Path, ...], config: ModelConfig

@@ -106,6 +106,11 @@ def test_failed_load_keeps_serving_version(server: ServerProcess, repository: Pa
         assert response.status_code == 200 and response.json()["model_version"] == "1"
         pinned = _segment(client, model="toy", version="2")
         assert pinned.status_code == 404 and "['1']" in pinned.text
+        (repository / "toy" / "config.json").write_text('{"max_batch_size": "eight"}')
+        refused = client.post("/v2/repository/models/toy/load", json={})
+        assert refused.status_code == 400 and "max_batch_size" in refused.json()["error"]
+        assert "keeps serving versions ['1']" in refused.json()["error"]
+        assert _segment(client, model="toy").status_code == 200
     assert 'faseg_model_load_failures_total{model="toy",version="2"} 1.0' in scrape(server.url)
 
 

@@ -48,15 +48,14 @@ async def load(model: ModelName, request: Request, runtime: RuntimeDep) -> JSONR
     registry = runtime.registry
     if registry.repository is None:
         raise InvalidRequest("this server serves a fixed model (--model); start it with --model-repository")
-    await registry.load(model)
-    failed = [e for e in registry.index() if e["name"] == model and e.get("reason") not in ("", None, "not loaded")]
+    problems = await registry.load(model)
     slot = registry.models.get(model)
-    if slot is None or not slot.ready_versions():
-        reasons = "; ".join(f"version {e.get('version')}: {e['reason']}" for e in failed) or "no version loaded"
-        raise InvalidRequest(f"failed to load model {model!r}: {reasons}")
-    if failed:
-        reasons = "; ".join(f"version {e.get('version')}: {e['reason']}" for e in failed)
-        return JSONResponse({"error": f"model {model!r} keeps serving its ready version; {reasons}"}, status_code=400)
+    serving = slot.ready_versions() if slot is not None else []
+    if not serving:
+        raise InvalidRequest(f"failed to load model {model!r}: {'; '.join(problems) or 'no version loaded'}")
+    if problems:
+        versions = [v.version for v in serving]
+        raise InvalidRequest(f"model {model!r} keeps serving versions {versions}; {'; '.join(problems)}")
     return JSONResponse({})
 
 
