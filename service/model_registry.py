@@ -25,7 +25,14 @@ from .core.errors import ModelNotFound, NotReady
 from .core.lifecycle import NOT_READY_RETRY_AFTER_S
 from .metrics import ServiceMetrics
 from .model_version import ServedVersion, VersionState
-from .repository import ModelConfig, ModelSource, RepositoryError, read_model, scan_repository
+from .repository import (
+    SINGLE_FILE_VERSION,
+    ModelConfig,
+    ModelSource,
+    RepositoryError,
+    read_model,
+    scan_repository,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +187,9 @@ class ModelRegistry:
         if self._injected is not None:
             backend = self._injected
             slot = self.models.setdefault(backend.model_name, ModelSlot(backend.model_name))
-            slot.versions["1"] = self._build(backend.model_name, "1", [backend], slot.config)
+            slot.versions[SINGLE_FILE_VERSION] = self._build(
+                backend.model_name, SINGLE_FILE_VERSION, [backend], slot.config
+            )
             return
         for name, source in self._scan().items():
             await self._load_versions(name, source, warm=False, strict=self.repository is None)

@@ -28,6 +28,8 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERSION_NAME = re.compile(r"^[1-9][0-9]{0,8}$")
 MODEL_SUFFIXES = ONNX_SUFFIXES + ENGINE_SUFFIXES
 CONFIG_KEYS = ("max_batch_size", "instances", "bucket", "num_versions")
+# The version of a model served with --model FILE (or an injected backend).
+SINGLE_FILE_VERSION = "1"
 
 
 class RepositoryError(ValueError):
@@ -134,4 +136,4 @@ def scan_repository(root: Path) -> dict[str, ModelSource]:
 
 def single_file_source(name: str, model: Path) -> ModelSource:
     """``--model FILE``: a repository of one model, version "1", one bucket."""
-    return ModelSource(name, ModelConfig(), {"1": (model,)})
+    return ModelSource(name, ModelConfig(), {SINGLE_FILE_VERSION: (model,)})

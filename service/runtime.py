@@ -22,9 +22,6 @@ from .repository import single_file_source
 
 log = logging.getLogger(__name__)
 
-# The version of a model served with --model FILE (a repository of one model, one version).
-MODEL_VERSION = "1"
-
 
 class Runtime:
     def __init__(self, settings: Settings, metrics: ServiceMetrics, backend: Backend | None = None):
