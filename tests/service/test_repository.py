@@ -14,13 +14,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import BASE_ARGS
 from faseg.model.demo import demo_checkpoint_dir
 from PIL import Image
 from service_http import scrape
 from service_images import encode
 from service_repository import SQUARE, WIDE, export_demo, place, toy_file
-from service_server import ServerProcess
+from service_server import BASE_ARGS, ServerProcess
 from service_toy_model import CLASSES as TOY_CLASSES
 
 FAST = [*BASE_ARGS, "--max-batch-size", "2"]

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import BASE_ARGS
 from service_http import scrape
 from service_images import blocks_image, encode
 from service_repository import place
-from service_server import ServerProcess
+from service_server import BASE_ARGS, ServerProcess
 
 IMAGE = encode(blocks_image(), "PNG")
 CONCURRENCY = 8
