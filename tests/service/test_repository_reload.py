@@ -176,3 +176,26 @@ def test_pinned_versions_with_num_versions_2(repository: Path, toy_onnx: Path, t
             assert [(m["version"], m["default_bucket"]) for m in described] == [("1", "96x128"), ("2", "96x128")]
     finally:
         process.stop()
+
+
+def test_tritonclient_repository_calls(server: ServerProcess, repository: Path, toy_onnx: Path) -> None:
+    """get_model_repository_index, load_model and unload_model as tritonclient sends them."""
+    triton_http = pytest.importorskip("tritonclient.http")
+    InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
+
+    client = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        assert {(e["name"], e["version"], e["state"]) for e in client.get_model_repository_index()} == {
+            ("toy", "1", "READY")
+        }
+        place(toy_onnx, repository, "toy", 2)
+        client.load_model("toy")
+        assert client.is_model_ready("toy", "2") and client.get_model_metadata("toy")["versions"] == ["2"]
+        with pytest.raises(InferenceServerException, match="not supported"):
+            client.load_model("toy", config='{"max_batch_size": 2}')
+        client.unload_model("toy")
+        assert not client.is_model_ready("toy")
+        with pytest.raises(InferenceServerException, match="nope"):
+            client.load_model("nope")
+    finally:
+        client.close()

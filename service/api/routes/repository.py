@@ -21,20 +21,25 @@ router = APIRouter(prefix="/v2/repository", tags=["kserve-v2-repository"])
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": V2ErrorResponse} for code in (400, 404, 503)}
 ModelName = Annotated[str, Path(description="Model name (a directory of the repository)")]
 MAX_CONTROL_BODY_BYTES = 64 * 1024
+ACCEPTED_PARAMETERS = frozenset({"unload_dependents"})
 
 
 async def _no_overrides(request: Request) -> None:
-    """tritonclient sends ``{}`` or ``{"parameters": {...}}``; config and file overrides are refused."""
+    """tritonclient sends ``{}`` to load and ``{"parameters": {"unload_dependents": ...}}`` to unload (a model
+    here has no dependents); ``config`` and file overrides are refused."""
     body = await read_body(request, MAX_CONTROL_BODY_BYTES)
-    if body.strip() in (b"", b"{}"):
+    if not body.strip():
         return
     try:
         parsed = json.loads(body)
     except ValueError:
         raise InvalidRequest("the body must be a JSON object") from None
     parameters = parsed.get("parameters", {}) if isinstance(parsed, dict) else None
-    if not isinstance(parameters, dict) or set(parsed) - {"parameters"} or parameters:
-        raise InvalidRequest("load and unload take no parameters here (no config or file overrides)")
+    if not isinstance(parameters, dict) or set(parsed) - {"parameters"}:
+        raise InvalidRequest('the body must be {} or {"parameters": {...}}')
+    overrides = sorted(set(parameters) - ACCEPTED_PARAMETERS)
+    if overrides:
+        raise InvalidRequest(f"parameters {overrides} are not supported (no config or file overrides)")
 
 
 @router.post("/index", summary="Repository index: every model and version with its state", responses=ERRORS)

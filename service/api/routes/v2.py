@@ -72,7 +72,7 @@ async def server_metadata() -> dict[str, Any]:
     return {
         "name": "faseg",
         "version": faseg.__version__,
-        "extensions": ["binary_tensor_data", "statistics", "model_configuration"],
+        "extensions": ["binary_tensor_data", "statistics", "model_configuration", "model_repository"],
     }
 
 
