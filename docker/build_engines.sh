@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # faseg-build-engines: build, or load from the engine-cache volume, one TensorRT engine per input bucket,
-# then print the path of the first bucket's engine (the one `faseg serve` serves) on stdout. Logs go to
-# stderr. The GPU image's entrypoint calls it when FASEG_ENGINE_BUCKETS is set.
+# then print on stdout the path of the first bucket's engine, or with FASEG_ENGINE_OUTPUT=repository the
+# path of a model repository holding every bucket (what the GPU image's entrypoint serves, with
+# FASEG_MODEL_REPOSITORY: docs/service.md, "Model repository"). Logs go to stderr. The entrypoint calls it
+# when FASEG_ENGINE_BUCKETS is set.
 #
 # For each bucket HxW:  faseg export onnx --checkpoint C --size HxW --flavour F --precision P --out <dir>/model.onnx
 #                       faseg export trt  --onnx <dir>/model.onnx --out <dir>/model.plan --batch-profile 1,OPT,B
@@ -28,6 +30,10 @@
 #                            the profile is 1, ceil(B/2), B
 #   FASEG_PLUGIN_LIBRARY     TensorRT plugin library (the GPU image sets it)
 #   FASEG_TRT_EXPORT_ARGS    extra arguments for `faseg export trt` (word-split)
+#   FASEG_ENGINE_OUTPUT      file: print the first bucket's engine | repository: lay the engines out as
+#                            <cache>/repositories/<key>/<model>/1/<HxW>.plan (+ <HxW>.json metadata; .onnx
+#                            with onnxruntime) and print that repository [file]
+#   FASEG_MODEL_NAME         the model's name in the repository [the checkpoint directory's name]
 # Exit status: 0 with a path on stdout; 2 for bad settings; 1 when an export or build fails.
 set -euo pipefail
 
@@ -51,6 +57,8 @@ esac
 [[ $precision == fp16 || $precision == fp32 ]] || die "FASEG_ENGINE_PRECISION=$precision: expected fp16 or fp32" 2
 [[ $flavour == plugin || $flavour == portable ]] || die "FASEG_ENGINE_FLAVOUR=$flavour: expected plugin or portable" 2
 [[ $max_batch =~ ^[1-9][0-9]*$ ]] || die "FASEG_MAX_BATCH_SIZE=$max_batch: expected a positive integer" 2
+output=${FASEG_ENGINE_OUTPUT:-file}
+[[ $output == file || $output == repository ]] || die "FASEG_ENGINE_OUTPUT=$output: expected file or repository" 2
 IFS=, read -r -a bucket_list <<<"${buckets// /}"
 for b in "${bucket_list[@]}"; do
   [[ $b =~ ^([1-9][0-9]*)x([1-9][0-9]*)$ ]] || die "bucket '$b': expected HxW, e.g. 512x512" 2
@@ -101,8 +109,11 @@ lock() {
 }
 
 served=
+artifacts=()
+keys=()
 for b in "${bucket_list[@]}"; do
   key="${b}-${precision}-$(fingerprint "$b")"
+  keys+=("$key")
   dir=$cache/$key
   if [[ $backend == tensorrt ]]; then artifact=$dir/model.plan; else artifact=$dir/model.onnx; fi
   if [[ ! -f $artifact ]]; then
@@ -134,8 +145,32 @@ for b in "${bucket_list[@]}"; do
     log "bucket $b: built $artifact in $(($(date +%s) - start)) s"
   fi
   [[ -n $served ]] || served=$artifact
+  artifacts+=("$artifact")
 done
-if ((${#bucket_list[@]} > 1)); then
-  log "serving the first bucket (${bucket_list[0]}); the others are built and cached for their own replicas"
+if [[ $output == file ]]; then
+  if ((${#bucket_list[@]} > 1)); then
+    log "serving the first bucket (${bucket_list[0]}); FASEG_ENGINE_OUTPUT=repository serves them all"
+  fi
+  echo "$served"
+  exit 0
 fi
-echo "$served"
+
+# A repository of one model, version 1, one file per bucket (symbolic links into the cache). Its key covers
+# every engine in it; it is written to a temporary directory and renamed, so readers never see half of it.
+name=${FASEG_MODEL_NAME:-$(basename "$checkpoint")}
+[[ $name =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || die "model name '$name': use letters, digits, '.', '_', '-'" 2
+repository=$cache/repositories/$(printf '%s\n' "$name" "${keys[@]}" | sha256sum | cut -c1-16)
+if [[ ! -d $repository/$name/1 ]]; then
+  mkdir -p "$cache/repositories"
+  tmp=$(mktemp -d "$cache/repositories/.build.XXXXXX")
+  mkdir -p "$tmp/$name/1"
+  for i in "${!bucket_list[@]}"; do
+    artifact=${artifacts[$i]}
+    ln -s "$artifact" "$tmp/$name/1/${bucket_list[$i]}.${artifact##*.}"
+    sidecar=${artifact%.*}.json
+    if [[ ${artifact##*.} == plan && -f $sidecar ]]; then ln -s "$sidecar" "$tmp/$name/1/${bucket_list[$i]}.json"; fi
+  done
+  mv -T "$tmp" "$repository" 2>/dev/null || rm -rf "$tmp" # another replica laid it out first
+fi
+log "model repository $repository: model $name, buckets ${bucket_list[*]}"
+echo "$repository"

@@ -69,24 +69,22 @@ PY
 
 serve() {
   # Compose passes unset variables as empty strings: treat those as unset.
-  for v in FASEG_MODEL FASEG_MODEL_NAME FASEG_CHECKPOINT FASEG_ENGINE_BUCKETS; do
+  for v in FASEG_MODEL FASEG_MODEL_NAME FASEG_MODEL_REPOSITORY FASEG_CHECKPOINT FASEG_ENGINE_BUCKETS; do
     if [[ -z ${!v:-} ]]; then unset "$v"; fi
   done
   local arg model_flag=0
   for arg in "$@"; do
-    if [[ $arg == --model || $arg == --model=* ]]; then model_flag=1; fi
+    if [[ $arg == --model || $arg == --model=* || $arg == --model-repository* ]]; then model_flag=1; fi
   done
-  if [[ -z ${FASEG_MODEL:-} && $model_flag == 0 ]]; then
+  if [[ -z ${FASEG_MODEL:-} && -z ${FASEG_MODEL_REPOSITORY:-} && $model_flag == 0 ]]; then
     if [[ -n ${FASEG_ENGINE_BUCKETS:-} ]]; then
-      # The builder prints the engine (or ONNX file) to serve on stdout; its logs go to stderr.
-      FASEG_MODEL=$(faseg-build-engines)
-      export FASEG_MODEL
-      # Engines are all called model.*: name the model after its checkpoint instead of the file.
-      if [[ -z ${FASEG_MODEL_NAME:-} ]]; then
-        FASEG_MODEL_NAME=$(basename "${FASEG_CHECKPOINT:-faseg_demo}")
-        export FASEG_MODEL_NAME
-      fi
-      log "serving $FASEG_MODEL"
+      # The builder lays out every bucket's engine (or ONNX file) as a model repository and prints its path
+      # on stdout; its logs go to stderr. The model is named after its checkpoint.
+      FASEG_MODEL_NAME=${FASEG_MODEL_NAME:-$(basename "${FASEG_CHECKPOINT:-faseg_demo}")}
+      FASEG_MODEL_REPOSITORY=$(FASEG_ENGINE_OUTPUT=repository FASEG_MODEL_NAME=$FASEG_MODEL_NAME faseg-build-engines)
+      unset FASEG_MODEL_NAME # the repository's directory names the model
+      export FASEG_MODEL_REPOSITORY
+      log "serving the model repository $FASEG_MODEL_REPOSITORY"
     elif [[ -n ${FASEG_BAKED_MODEL:-} && -f ${FASEG_BAKED_MODEL} ]]; then
       export FASEG_MODEL=$FASEG_BAKED_MODEL
     elif ! python3 -c 'import torch' 2>/dev/null; then

@@ -111,6 +111,10 @@ class DynamicBatcher:
         self._batch_time_s = 0.0
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def policy(self) -> BatchPolicy:
+        return self._policy
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="faseg-batcher")
 

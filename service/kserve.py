@@ -140,6 +140,7 @@ def encode_response(
     request_id: str | None,
     outputs: list[OutputTensor],
     binary: set[str],
+    parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, int | None]:
     """Response body and, when any output is binary, the JSON header's length."""
     described, blobs = [], []
@@ -161,6 +162,8 @@ def encode_response(
     }
     if request_id is not None:
         response["id"] = request_id
+    if parameters:
+        response["parameters"] = parameters
     header = json.dumps(response, separators=(",", ":")).encode()
     if not blobs:
         return header, None

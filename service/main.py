@@ -19,7 +19,7 @@ from .api.admission import AdmissionMiddleware
 from .api.auth import ApiKeyMiddleware, ApiKeys
 from .api.errors import install_error_handlers
 from .api.middleware import RequestContextMiddleware
-from .api.routes import health, metrics, models, segment, ui, v2, v2_models
+from .api.routes import health, metrics, models, repository, segment, ui, v2, v2_models
 from .backends import Backend
 from .core.config import Settings
 from .core.default_model import resolve_default_model
@@ -32,13 +32,22 @@ log = logging.getLogger(__name__)
 
 CORS_METHODS = ["GET", "POST"]
 CORS_REQUEST_HEADERS = ["Authorization", "X-API-Key", "Content-Type", "Accept", "X-Request-ID"]
-CORS_RESPONSE_HEADERS = ["X-Request-ID", "Retry-After", "Server-Timing", "X-Model", "X-Backend", "X-Output-Size"]
+CORS_RESPONSE_HEADERS = [
+    "X-Request-ID",
+    "Retry-After",
+    "Server-Timing",
+    "X-Model",
+    "X-Model-Version",
+    "X-Bucket",
+    "X-Backend",
+    "X-Output-Size",
+]
 
 
 def effective_settings(settings: Settings, *, backend_given: bool = False) -> Settings:
     """Resolve the default model (unless a backend object is injected) and the derived values."""
     default_model = None
-    if settings.model is None and not backend_given:
+    if settings.model is None and settings.model_repository is None and not backend_given:
         default_model = resolve_default_model(settings.cache_dir)
     return settings.effective(default_model)
 
@@ -48,7 +57,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     lifespan loads the one ``settings`` describe. Nothing heavy happens here: without a model in ``settings``,
     the bundled demo model is resolved (and exported on first use) in the lifespan."""
     settings = settings or Settings()
-    if settings.model is not None or backend is not None:
+    if settings.model is not None or settings.model_repository is not None or backend is not None:
         settings = effective_settings(settings, backend_given=backend is not None)  # cheap: no default model
     service_metrics = ServiceMetrics()
     lifecycle = Lifecycle()
@@ -62,7 +71,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         configure_pillow(settings.max_image_pixels)
         try:
             effective = settings
-            if effective.model is None and backend is None:  # may export the demo model: off the event loop
+            if (
+                effective.model is None and effective.model_repository is None and backend is None
+            ):  # may export the demo model: off the event loop
                 effective = await asyncio.to_thread(effective_settings, settings)
                 app.state.settings = effective
             runtime = await Runtime.start(effective, service_metrics, backend)
@@ -92,7 +103,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.state.runtime = None
     install_error_handlers(app, service_metrics)
     _add_middleware(app, settings, lifecycle, service_metrics)
-    for module in (segment, models, health, metrics, v2, v2_models):
+    for module in (segment, models, health, metrics, v2, v2_models, repository):
         app.include_router(module.router)
     if settings.ui:
         app.include_router(ui.router)
@@ -124,7 +135,7 @@ def _add_middleware(app: FastAPI, settings: Settings, lifecycle: Lifecycle, metr
 
 
 def _stall(runtime: Runtime, stall_timeout_s: float) -> str | None:
-    running_s = runtime.batcher.longest_run_s()
+    running_s = runtime.longest_run_s()
     if running_s <= stall_timeout_s:
         return None
     return f"a model run has not returned for {running_s:.0f} s (stall_timeout_s {stall_timeout_s:g})"
@@ -136,6 +147,10 @@ async def _warm_up(runtime: Runtime, lifecycle: Lifecycle) -> None:
     except Exception as exc:
         log.exception("warm-up failed; the server will exit")
         lifecycle.mark_failed(exc)
+        return
+    if not any(v.ready for v in runtime.registry.served()):
+        log.error("no model version could be loaded; the server will exit")
+        lifecycle.mark_failed(RuntimeError("no model version is ready"))
         return
     log.info("warm-up done in %.2f s; ready", seconds)
     lifecycle.mark_ready()

@@ -7,6 +7,7 @@ one inference, a *batch* is one model run; mean batch size = ``faseg_batch_size_
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -64,12 +65,37 @@ class ServiceMetrics:
         self.ready = Gauge("faseg_ready", "1 when /readyz answers 200", registry=r)
         self.warmup_seconds = Gauge("faseg_warmup_duration_seconds", "Duration of the last warm-up", registry=r)
         self.model_info = Info("faseg_model", "The served model", registry=r)
-        self.stats = ModelStatistics()
+        # The model repository (docs/service.md, "Model repository"): per model, version and bucket.
+        self.version_ready = Gauge(
+            "faseg_model_version_ready", "1 while a model version takes traffic", ["model", "version"], registry=r
+        )
+        self.load_failures = Counter(
+            "faseg_model_load_failures",
+            "Model versions that failed to load or warm up",
+            ["model", "version"],
+            registry=r,
+        )
+        self.bucket_images = Counter(
+            "faseg_model_inference_images",
+            "Images run through the model, by model, version and input bucket",
+            ["model", "version", "bucket"],
+            registry=r,
+        )
+        self._stats: dict[tuple[str, str], ModelStatistics] = {}  # Triton-style statistics per model version
+        self._stats_lock = threading.Lock()
+        self._bucket_depths: dict[object, int] = {}  # written on the event loop only (the batchers' loop)
 
     # --- BatchObserver ----------------------------------------------------------------------------------
 
     def queue_depth(self, images: int) -> None:
         self.queue_depth_gauge.set(images)
+
+    def bucket_queue_depth(self, bucket: object, images: int) -> None:
+        """The queue of one bucket's batcher (a model repository has several): the gauge shows their sum."""
+        self._bucket_depths[bucket] = images
+        if not images:
+            del self._bucket_depths[bucket]
+        self.queue_depth_gauge.set(sum(self._bucket_depths.values()))
 
     def batch_done(self, size: int, infer_s: float, queue_s: Sequence[float]) -> None:
         self.batch_size.observe(size)
@@ -78,7 +104,6 @@ class ServiceMetrics:
         self.stage_duration.labels("infer").observe(infer_s)
         for waited in queue_s:
             self.stage_duration.labels("queue").observe(waited)
-        self.stats.record_batch(size, infer_s, queue_s)
 
     def images_dropped(self, reason: str, count: int) -> None:
         self.dropped.labels(reason).inc(count)
@@ -91,7 +116,9 @@ class ServiceMetrics:
     def stage(self, name: str, seconds: float) -> None:
         self.stage_duration.labels(name).observe(seconds)
 
-    def image_done(
-        self, *, ok: bool, total_s: float, input_s: float, output_s: float, batch_size: int | None = None
-    ) -> None:
-        self.stats.record_image(ok=ok, total_s=total_s, input_s=input_s, output_s=output_s, batch_size=batch_size)
+    # --- Triton-style statistics (/v2/models/{m}[/versions/{v}]/stats) -----------------------------------
+
+    def stats(self, model: str, version: str) -> ModelStatistics:
+        """The statistics of one model version (made on first use; kept across reloads of that version)."""
+        with self._stats_lock:
+            return self._stats.setdefault((model, version), ModelStatistics())

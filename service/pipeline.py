@@ -13,7 +13,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,8 +21,9 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from .backends.base import Backend
+from .backends.base import ModelInfo
 from .batching import DynamicBatcher, ItemResult
+from .buckets import Bucket, choose_bucket
 from .core.config import Settings
 from .core.errors import ClientDisconnected, DeadlineExceeded, InternalError, ServiceError
 from .imaging.decode import DecodedImage, decode_image
@@ -31,6 +32,7 @@ from .imaging.hf_segmentation import hf_segments
 from .imaging.letterbox import Letterbox, fit, letterbox, restore
 from .imaging.rle import class_rles
 from .imaging.stats import class_stats_resized
+from .kserve_stats import ModelStatistics
 from .metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class SegmentOptions:
     outputs: frozenset[str] = frozenset({"stats"})
     output_size: OutputSize = "original"
     apply_exif: bool = True
+    bucket: Bucket | None = None  # the input bucket every image goes to; None: each its own (buckets.py)
 
 
 @dataclass
@@ -57,6 +60,7 @@ class PreparedImage:
 
     tensor: np.ndarray  # (H, W, 3) uint8, the model input
     box: Letterbox
+    bucket: Bucket  # (H, W) of the model input it was letterboxed into
     format: str
     orientation_applied: bool
     image: Image.Image | None  # kept only when an overlay is wanted
@@ -76,22 +80,27 @@ class RenderedImage:
 
 
 class Pipeline:
+    """The stages for one model version: ``batchers`` holds one batcher per input bucket, and each image
+    is letterboxed into the bucket the policy of ``buckets.py`` picks (or the one its request names)."""
+
     def __init__(
         self,
-        backend: Backend,
-        batcher: DynamicBatcher,
+        info: ModelInfo,
+        batchers: Mapping[Bucket, DynamicBatcher],
         *,
         decode_pool: Executor,
         encode_pool: Executor,
         metrics: ServiceMetrics,
+        stats: ModelStatistics,
         settings: Settings,
     ):
-        self.backend = backend
-        self._info = backend.info  # classes, palette, input size: fixed for the backend's life
-        self.batcher = batcher
+        self._info = info  # classes and palette, shared by every bucket of the version
+        self.batchers = dict(batchers)
+        self.buckets = list(self.batchers)
         self._decode_pool = decode_pool
         self._encode_pool = encode_pool
         self._metrics = metrics
+        self._stats = stats  # this model version's Triton-style statistics
         self._settings = settings
 
     def deadline(self, started: float, timeout_ms: int | None) -> float:
@@ -156,21 +165,23 @@ class Pipeline:
 
     def _prepare(self, data: bytes, options: SegmentOptions) -> PreparedImage:
         started = time.monotonic()
-        input_size = self._info.input_size
-        h, w = input_size
+        # JPEG draft decoding keeps at least the size of every bucket the image may go to.
+        h, w = options.bucket or (max(b[0] for b in self.buckets), max(b[1] for b in self.buckets))
         decoded: DecodedImage = decode_image(
             data,
             max_pixels=self._settings.max_image_pixels,
             apply_exif=options.apply_exif,
             draft_size=(w, h) if self._settings.jpeg_draft else None,
         )
-        box = fit(decoded.size, input_size)
+        bucket = options.bucket or choose_bucket(decoded.size, self.buckets)
+        box = fit(decoded.size, bucket)
         tensor = letterbox(decoded.image, box)
         decode_s = time.monotonic() - started
         self._metrics.stage("decode", decode_s)
         return PreparedImage(
             tensor=tensor,
             box=box,
+            bucket=bucket,
             format=decoded.format,
             orientation_applied=decoded.orientation_applied,
             image=decoded.image if "overlay" in options.outputs else None,
@@ -186,7 +197,16 @@ class Pipeline:
         ``disconnected`` completes first (queued images are then withdrawn and never run)."""
         if disconnected.done():  # gone while its images were decoding: never queue them
             raise ClientDisconnected("the client disconnected before its images were queued")
-        futures = self.batcher.submit([p.tensor for p in images], deadline)
+        groups: dict[Bucket, list[int]] = {}
+        for index, prepared in enumerate(images):
+            groups.setdefault(prepared.bucket, []).append(index)
+        for bucket, indices in groups.items():  # all buckets admit their images, or none is queued
+            self.batchers[bucket].check_room(len(indices))
+        submitted: dict[int, asyncio.Future[ItemResult]] = {}
+        for bucket, indices in groups.items():
+            batch = self.batchers[bucket].submit([images[i].tensor for i in indices], deadline)
+            submitted.update(zip(indices, batch, strict=True))
+        futures = [submitted[index] for index in range(len(images))]
         gathered = asyncio.gather(*futures, return_exceptions=True)
         timeout = max(0.0, deadline - time.monotonic())
         done, _ = await asyncio.wait({gathered, disconnected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -257,7 +277,7 @@ class Pipeline:
         self._metrics.stage("total", total_s)
         if rendered is not None:
             t = rendered.timing_ms
-            self._metrics.image_done(
+            self._stats.record_image(
                 ok=True,
                 total_s=total_s,
                 input_s=t["decode"] / MS_PER_S,
@@ -266,7 +286,7 @@ class Pipeline:
             )
             rendered.timing_ms["total"] = round(total_s * MS_PER_S, 3)
         else:
-            self._metrics.image_done(ok=False, total_s=total_s, input_s=0.0, output_s=0.0)
+            self._stats.record_image(ok=False, total_s=total_s, input_s=0.0, output_s=0.0)
         return total_s
 
 

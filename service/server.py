@@ -32,6 +32,7 @@ from .backends import Backend, BackendError, load_backend
 from .core.config import Settings
 from .core.lifecycle import Lifecycle, Phase
 from .main import create_app, effective_settings
+from .repository import RepositoryError, scan_repository
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class DrainingServer(uvicorn.Server):
         self._lifecycle.abort()
         runtime = self._app.state.runtime
         if runtime is not None:
-            runtime.batcher.abort()
+            runtime.abort()
         asyncio.get_running_loop().call_later(ABORT_GRACE_S, _exit_now, EXIT_INTERRUPTED)
 
     @property
@@ -140,9 +141,13 @@ def run(settings: Settings | None = None) -> int:
         except OSError as exc:
             log.error("cannot read the API key file: %s", exc)
             return EXIT_USAGE
+    backend = None
     try:
-        backend = load_backend(settings)  # before binding: a bad model is one clear line, not a traceback
-    except BackendError as exc:
+        if settings.model_repository is not None:  # its models load in the app (a broken one is not fatal)
+            scan_repository(settings.model_repository)
+        else:
+            backend = load_backend(settings)  # before binding: a bad model is one clear line, not a traceback
+    except (BackendError, RepositoryError) as exc:
         log.error("cannot load the model: %s", exc)
         return EXIT_FAILED
     server = build_server(settings, backend)

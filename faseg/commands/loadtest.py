@@ -47,6 +47,8 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=10.0, metavar="S", help="measured seconds per step (10)")
     parser.add_argument("--warmup", type=float, default=2.0, metavar="S", help="unmeasured seconds per step (2)")
     parser.add_argument("--outputs", default="stats", help="outputs= of each request (stats)")
+    parser.add_argument("--model", help="model= of each request (a model repository server; default: its default)")
+    parser.add_argument("--bucket", help="bucket= of each request: HxW or auto (default: the model's default)")
     parser.add_argument("--timeout", type=float, default=30.0, metavar="S", help="client timeout per request (30)")
     parser.add_argument(
         "--client",
@@ -79,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         warmup_s=args.warmup,
         endpoint=args.endpoint,
         outputs=args.outputs,
+        model=args.model,
+        bucket=args.bucket,
         timeout_s=args.timeout,
         client=args.client,
         seed=args.seed,

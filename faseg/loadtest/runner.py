@@ -33,7 +33,18 @@ READY_POLL_S = 0.25
 CONTROL_TIMEOUT_S = 5.0  # pre-flight and /metrics requests
 PROGRESS_INTERVAL_S = 0.5
 # What the report keeps of GET /v1/models: enough to reproduce the server side of a run.
-MODEL_KEYS = ("name", "backend", "device", "precision", "input_size", "max_batch_size", "preset", "flavour")
+MODEL_KEYS = (
+    "name",
+    "version",
+    "bucket_names",
+    "backend",
+    "device",
+    "precision",
+    "input_size",
+    "max_batch_size",
+    "preset",
+    "flavour",
+)
 SERVER_SETTING_KEYS = (
     "max_batch_size",
     "instances",
@@ -63,6 +74,8 @@ class LoadTestConfig:
     warmup_s: float = 2.0
     endpoint: str = "/v1/segment"
     outputs: str = "stats"
+    model: str | None = None  # ?model= (a model repository server); None: the server's default model
+    bucket: str | None = None  # ?bucket=HxW or auto; None: the model's default
     timeout_s: float = 30.0
     client: str = "auto"
     seed: int = 0
@@ -91,7 +104,8 @@ class LoadTestConfig:
 
     @property
     def target_url(self) -> str:
-        query = urlencode({"outputs": self.outputs}) if self.outputs else ""
+        params = {"outputs": self.outputs, "model": self.model, "bucket": self.bucket}
+        query = urlencode({k: v for k, v in params.items() if v})
         return f"{self.url}{self.endpoint}" + (f"?{query}" if query else "")
 
 
@@ -118,6 +132,8 @@ async def preflight(control: httpx.AsyncClient, config: LoadTestConfig) -> dict[
         return None
     body = response.json()
     models = body.get("models", [body]) if isinstance(body, dict) else body
+    if config.model is not None:  # the highest version of the named model
+        models = sorted((m for m in models if m.get("name") == config.model), key=lambda m: str(m.get("version")))[-1:]
     model = models[0] if models else {}
     described = {k: model[k] for k in MODEL_KEYS if k in model}
     settings = model.get("settings") or {}
@@ -244,7 +260,13 @@ async def run_async(config: LoadTestConfig) -> dict[str, Any]:
         "schema": SCHEMA,
         "tool": {"name": "faseg loadtest", "client": client_name},
         "environment": started,
-        "target": {"url": config.url, "endpoint": config.endpoint, "outputs": config.outputs, "model": model},
+        "target": {
+            "url": config.url,
+            "endpoint": config.endpoint,
+            "outputs": config.outputs,
+            "request_url": config.target_url,
+            "model": model,
+        },
         "settings": {
             "mode": config.mode,
             "levels": [int(v) if config.mode == "closed" else float(v) for v in config.levels],

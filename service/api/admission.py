@@ -25,7 +25,7 @@ from ..core.config import Settings
 from ..core.errors import ServiceError, UnsupportedMediaType
 from ..core.lifecycle import Lifecycle
 from ..metrics import ServiceMetrics
-from ..runtime import MODEL_VERSION, Runtime
+from ..runtime import Runtime
 from .body import MULTIPART, RAW_IMAGE_TYPES, check_declared_length, media_type
 from .errors import count_rejection, error_response
 
@@ -102,13 +102,19 @@ class AdmissionMiddleware:
         runtime = self.runtime()
         if runtime is None:
             return None  # the route answers NOT_READY itself
-        if v2 is not None and (v2["model"] != runtime.backend.model_name or v2["version"] not in (None, MODEL_VERSION)):
-            return None  # the route answers 404 first
+        request = Request(scope)
+        if v2 is not None:
+            model, version = v2["model"], v2["version"]
+        else:
+            model, version = request.query_params.get("model"), request.query_params.get("version")
         try:
-            runtime.batcher.check_room(1)
+            target = runtime.resolve(model or None, version or None)
+        except ServiceError:
+            return None  # the route answers 404 / 503 first
+        try:
+            target.check_room(1)
         except ServiceError as error:
             return error
-        request = Request(scope)
         if v2 is None:
             kind, params = media_type(request)
             unsupported = unsupported_media_type(kind)

@@ -34,6 +34,7 @@ from ..core.errors import (
     UnsupportedMediaType,
 )
 from ..core.lifecycle import Lifecycle
+from ..model_version import ServedVersion
 from ..pipeline import PreparedImage, RenderedImage, SegmentOptions
 from ..runtime import Runtime
 
@@ -229,6 +230,7 @@ async def segment_request(
     *,
     fail_fast: bool,
     check_prepared: Callable[[Job, list[PreparedImage]], None] | None = None,
+    target: ServedVersion | None = None,
 ) -> tuple[Job, list[ImageOutcome]]:
     """Run one work request through the service: the job ``read`` returned and one outcome per image.
 
@@ -237,13 +239,16 @@ async def segment_request(
     ``fail_fast`` the first image error is raised (the request fails as a whole), otherwise every image gets
     its own outcome. ``check_prepared`` may refuse the decoded images before they are queued. A client that
     disconnects before its answers are ready gets ``ClientDisconnected`` and its queued images never run.
+    ``target`` is the model version the route resolved (default: the default model's latest ready version);
+    it is counted as in use until this returns, so unloading it waits for the request.
     """
     started = time.monotonic()
-    pipeline = runtime.pipeline
-    with lifecycle.admit():
-        runtime.batcher.check_room(1)  # shed load before reading the body
+    target = target or runtime.resolve(None)
+    pipeline = target.pipeline
+    with lifecycle.admit(), target.admit():
+        target.check_room(1)  # shed load before reading the body
         job = await read()
-        runtime.batcher.check_room(len(job.images))
+        target.check_room(len(job.images), job.options.bucket)
         slots = await pipeline.prepare_all(job.images, job.options, started)
         if fail_fast:
             _raise_first_error(slots)

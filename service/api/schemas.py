@@ -59,6 +59,7 @@ class HFSegmentOut(BaseModel):
 class SegmentResult(BaseModel):
     image: ImageInfo
     output: OutputInfo
+    bucket: str = Field(description='The input bucket "HxW" the image was letterboxed into.')
     batch_size: int = Field(description="Images in the model run that produced this answer.")
     timing_ms: dict[str, float] = Field(description="decode, queue, infer, postprocess, encode, total.")
     stats: list[ClassStatsOut] | None = None
@@ -109,7 +110,11 @@ class ModelDescription(BaseModel):
     device: str
     precision: str
     input_size: list[int]
-    buckets: list[list[int]]
+    buckets: list[list[int]] = Field(description="Input buckets [height, width], smallest first.")
+    bucket_names: list[str] = Field(description='The same buckets as "HxW" strings.')
+    default_bucket: str = Field("auto", description="Bucket of requests that name none.")
+    state: str = Field(description="READY, LOADING or UNLOADING (Triton's repository states).")
+    ready_since: float | None = Field(None, description="Unix time at which this version turned ready.")
     max_batch_size: int
     classes: list[ClassInfo]
     preset: str | None = None

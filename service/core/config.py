@@ -82,6 +82,14 @@ class Settings(BaseSettings):
         description="Torch checkpoint directory, .onnx file or TensorRT .plan/.engine. "
         "Unset: the bundled demo model (exported to ONNX and cached on first start).",
     )
+    model_repository: Path | None = Field(
+        None,
+        description="Model repository DIR/<model>/<version>/<one file per input bucket> (docs/service.md, "
+        "'Model repository'); instead of --model.",
+    )
+    poll_repository_s: float | None = Field(
+        None, gt=0, le=86_400, description="Re-read the model repository this often and reload what changed."
+    )
     backend: BackendName | None = Field(None, description="Inference backend. Unset: implied by --model.")
     device: DeviceName = Field("cpu", description="Device to run the model on.")
     precision: Precision = Field(
@@ -223,6 +231,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
+        if self.model is not None and self.model_repository is not None:
+            raise ValueError("give --model or --model-repository, not both")
+        if self.poll_repository_s is not None and self.model_repository is None:
+            raise ValueError("poll_repository_s needs model_repository")
         if self.precision == "fp16" and self.device == "cpu":
             raise ValueError("precision fp16 needs device cuda")
         backend = self.backend

@@ -51,6 +51,10 @@ class ModelNotFound(ServiceError):
     status, code = 404, "MODEL_NOT_FOUND"
 
 
+class BucketNotFound(ServiceError):
+    status, code = 404, "BUCKET_NOT_FOUND"
+
+
 class PayloadTooLarge(ServiceError):
     status, code = 413, "PAYLOAD_TOO_LARGE"
 

@@ -120,3 +120,16 @@ def test_service_bench_parity_run(toy_onnx: Path, tmp_path: Path) -> None:
     assert set(comparison["targets_met"]) == {"throughput_ratio >= 0.9", "p50_overhead_ms_c1 <= 15"}
     for name in ("sweep", "no_batching"):
         assert check_report(json.loads((tmp_path / name / REPORT_JSON).read_text())) == []
+
+
+def test_model_and_bucket_are_sent(live_server: ServerProcess, tmp_path: Path) -> None:
+    """--model and --bucket go into every request: a bucket the model has is served, another is a 404."""
+    common = ["loadtest", "--url", live_server.url, "--concurrency", "2", "--duration", "1", "--warmup", "0",
+              "--synthetic-size", "160x120", "--synthetic-count", "2", "--quiet", "--model", "toy"]  # fmt: skip
+    assert main([*common, "--bucket", "96x128", "--out", str(tmp_path / "ok")]) == 0
+    report = json.loads((tmp_path / "ok" / REPORT_JSON).read_text())
+    assert "model=toy" in report["target"]["request_url"] and "bucket=96x128" in report["target"]["request_url"]
+    assert report["target"]["model"]["bucket_names"] == ["96x128"]
+    assert main([*common, "--bucket", "64x64", "--out", str(tmp_path / "bad")]) == 1
+    report = json.loads((tmp_path / "bad" / REPORT_JSON).read_text())
+    assert set(report["steps"][0]["errors"]) == {"404"}

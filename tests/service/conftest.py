@@ -9,11 +9,8 @@ import httpx
 import pytest
 from PIL import Image
 from service_images import blocks_image, encode
-from service_server import ServerFactory, ServerProcess
+from service_server import BASE_ARGS, ServerFactory, ServerProcess
 from service_toy_model import export_toy_onnx
-
-# Fast, quiet defaults for test servers; modules add what they test.
-BASE_ARGS = ["--no-access-log", "--log-level", "warning", "--drain-delay-s", "0", "--decode-threads", "2"]
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from faseg.bench.service_bench import free_port, stop_process
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.05
+# Fast, quiet defaults for test servers; modules add what they test.
+BASE_ARGS = ["--no-access-log", "--log-level", "warning", "--drain-delay-s", "0", "--decode-threads", "2"]
 
 
 class ServerProcess:

@@ -1,4 +1,4 @@
-"""``GET /v1/models``: the served model, its classes and the effective settings."""
+"""``GET /v1/models``: every served model version, its input buckets, classes and the effective settings."""
 
 from __future__ import annotations
 
@@ -7,26 +7,27 @@ from typing import Any
 from fastapi import APIRouter
 
 from ...core.errors import ModelNotFound
-from ...runtime import MODEL_VERSION, Runtime
+from ...model_version import ServedVersion
+from ...runtime import Runtime
 from ..deps import LifecycleDep, RuntimeDep
 from ..schemas import ERROR_RESPONSES, ErrorResponse, ModelDescription, ModelList
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def describe(runtime: Runtime, ready: bool) -> dict[str, Any]:
+def describe(runtime: Runtime, served: ServedVersion, ready: bool) -> dict[str, Any]:
     return {
-        **runtime.describe(),
-        "version": MODEL_VERSION,
-        "ready": ready,
+        **runtime.describe(served),
+        "ready": ready and served.ready,
         "settings": runtime.settings.model_dump(mode="json"),
     }
 
 
 @router.get("", response_model=ModelList, responses={503: ERROR_RESPONSES[503]})
 async def list_models(runtime: RuntimeDep, lifecycle: LifecycleDep) -> dict[str, Any]:
-    """The served model (one per server), with backend, input buckets, classes and effective settings."""
-    return {"models": [describe(runtime, lifecycle.ready)]}
+    """Every model version in memory (by name, then version), with backend, input buckets ("HxW" in
+    ``bucket_names``), classes, state and effective settings."""
+    return {"models": [describe(runtime, served, lifecycle.ready) for served in runtime.registry.served()]}
 
 
 @router.get(
@@ -35,7 +36,10 @@ async def list_models(runtime: RuntimeDep, lifecycle: LifecycleDep) -> dict[str,
     responses={404: {"model": ErrorResponse, "description": "Unknown model"}, 503: ERROR_RESPONSES[503]},
 )
 async def get_model(model: str, runtime: RuntimeDep, lifecycle: LifecycleDep) -> dict[str, Any]:
-    """One model by name."""
-    if model != runtime.backend.model_name:
-        raise ModelNotFound(f"no model named {model!r}; this server serves {runtime.backend.model_name!r}")
-    return describe(runtime, lifecycle.ready)
+    """One model by name: its highest ready version."""
+    slot = runtime.registry.models.get(model)
+    if slot is None or not slot.versions:
+        raise ModelNotFound(f"no model named {model!r}; models: {sorted(runtime.registry.models)}")
+    ready = slot.ready_versions()
+    served = ready[0] if ready else slot.versions[max(slot.versions, key=int)]
+    return describe(runtime, served, lifecycle.ready)

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import StringConstraints
 
+from ...buckets import bucket_name
 from ...core.errors import InvalidParameter, ServiceError
+from ...model_version import ServedVersion
 from ...pipeline import OUTPUT_NAMES, PreparedImage, RenderedImage, SegmentOptions
-from ...runtime import MODEL_VERSION, Runtime
 from ..body import SegmentJob, read_images, segment_request
 from ..deps import LifecycleDep, MetricsDep, RuntimeDep
 from ..errors import count_rejection, error_body
+from ..model_choice import ModelChoiceDep, resolve_choice
 from ..schemas import ERROR_RESPONSES, BatchResponse, SegmentResponse
 
 router = APIRouter(prefix="/v1", tags=["segment"])
@@ -113,6 +115,7 @@ def _result_fields(prepared: PreparedImage, rendered: RenderedImage, options: Se
             "height": rendered.output_size[1],
             "size": options.output_size,
         },
+        "bucket": bucket_name(prepared.bucket),
         "batch_size": rendered.batch_size,
         "timing_ms": rendered.timing_ms,
         **rendered.fields,
@@ -122,11 +125,11 @@ def _result_fields(prepared: PreparedImage, rendered: RenderedImage, options: Se
     return fields
 
 
-def _model_fields(runtime: Runtime) -> dict[str, Any]:
-    backend = runtime.backend
+def _model_fields(served: ServedVersion) -> dict[str, Any]:
+    backend = served.primary.backend
     return {
-        "model": backend.model_name,
-        "model_version": MODEL_VERSION,
+        "model": served.name,
+        "model_version": served.version,
         "backend": backend.name,
         "device": backend.device,
     }
@@ -146,31 +149,38 @@ def _server_timing(timing_ms: dict[str, float]) -> str:
     },
     openapi_extra=_image_body(multiple=False),
 )
-async def segment(request: Request, lifecycle: LifecycleDep, runtime: RuntimeDep, params: SegmentParamsDep) -> Response:
+async def segment(
+    request: Request, lifecycle: LifecycleDep, runtime: RuntimeDep, params: SegmentParamsDep, choice: ModelChoiceDep
+) -> Response:
     """Segment one image, sent as a raw ``image/jpeg|png|webp`` body or as multipart field ``image``.
 
-    With ``Accept: image/png`` and ``png`` among the outputs, the answer is the label PNG itself."""
+    With ``Accept: image/png`` and ``png`` among the outputs, the answer is the label PNG itself. The
+    ``X-Model``, ``X-Model-Version`` and ``X-Bucket`` headers say what served it."""
+    served, bucket = resolve_choice(runtime, choice)
+    options = replace(params.options, bucket=bucket)
 
     async def read() -> SegmentJob:
         blobs = await read_images(request, max_bytes=runtime.settings.max_body_bytes, max_images=1)
-        return SegmentJob(blobs, params.options, params.timeout_ms)
+        return SegmentJob(blobs, options, params.timeout_ms)
 
-    _, [outcome] = await segment_request(request, runtime, lifecycle, read, fail_fast=True)
+    _, [outcome] = await segment_request(request, runtime, lifecycle, read, fail_fast=True, target=served)
     prepared, rendered = outcome.prepared, outcome.answer
     assert isinstance(prepared, PreparedImage) and isinstance(rendered, RenderedImage)  # fail_fast raised errors
-    model = _model_fields(runtime)
+    model = _model_fields(served)
+    headers = {
+        "X-Model": model["model"],
+        "X-Model-Version": model["model_version"],
+        "X-Bucket": bucket_name(prepared.bucket),
+        "Server-Timing": _server_timing(rendered.timing_ms),
+    }
     if rendered.png is not None and wants_png_body(request):
-        headers = {
-            "X-Model": model["model"],
-            "X-Backend": model["backend"],
-            "X-Output-Size": f"{rendered.output_size[0]}x{rendered.output_size[1]}",
-            "Server-Timing": _server_timing(rendered.timing_ms),
-        }
+        headers["X-Backend"] = model["backend"]
+        headers["X-Output-Size"] = f"{rendered.output_size[0]}x{rendered.output_size[1]}"
         return Response(rendered.png, media_type=PNG_MEDIA_TYPE, headers=headers)
-    if params.options.outputs == {"hf"}:  # the Hugging Face image-segmentation answer, as such endpoints send it
-        return JSONResponse(rendered.fields["hf"], headers={"Server-Timing": _server_timing(rendered.timing_ms)})
-    body = {"request_id": request.state.request_id, **model, **_result_fields(prepared, rendered, params.options)}
-    return JSONResponse(body, headers={"Server-Timing": _server_timing(rendered.timing_ms)})
+    if options.outputs == {"hf"}:  # the Hugging Face image-segmentation answer, as such endpoints send it
+        return JSONResponse(rendered.fields["hf"], headers=headers)
+    body = {"request_id": request.state.request_id, **model, **_result_fields(prepared, rendered, options)}
+    return JSONResponse(body, headers=headers)
 
 
 @router.post(
@@ -181,19 +191,26 @@ async def segment(request: Request, lifecycle: LifecycleDep, runtime: RuntimeDep
     openapi_extra=_image_body(multiple=True),
 )
 async def segment_batch(
-    request: Request, lifecycle: LifecycleDep, runtime: RuntimeDep, metrics: MetricsDep, params: SegmentParamsDep
+    request: Request,
+    lifecycle: LifecycleDep,
+    runtime: RuntimeDep,
+    metrics: MetricsDep,
+    params: SegmentParamsDep,
+    choice: ModelChoiceDep,
 ) -> JSONResponse:
     """Segment up to ``max_images_per_request`` images sent as repeated multipart field ``image``.
 
     Every image counts one toward batching and gets its own result or error; the answer is 200 unless the
     request as a whole is refused (body, parameters, queue, readiness)."""
     max_images = runtime.settings.max_images_per_request
+    served, bucket = resolve_choice(runtime, choice)
+    options = replace(params.options, bucket=bucket)
 
     async def read() -> SegmentJob:
         blobs = await read_images(request, max_bytes=runtime.settings.max_body_bytes, max_images=max_images)
-        return SegmentJob(blobs, params.options, params.timeout_ms)
+        return SegmentJob(blobs, options, params.timeout_ms)
 
-    _, outcomes = await segment_request(request, runtime, lifecycle, read, fail_fast=False)
+    _, outcomes = await segment_request(request, runtime, lifecycle, read, fail_fast=False, target=served)
     results: list[dict[str, Any]] = []
     for index, outcome in enumerate(outcomes):
         answer = outcome.answer
@@ -203,7 +220,7 @@ async def segment_batch(
             results.append({"index": index, "status": answer.status, "error": error})
         else:
             assert isinstance(outcome.prepared, PreparedImage)
-            fields = _result_fields(outcome.prepared, answer, params.options)
+            fields = _result_fields(outcome.prepared, answer, options)
             results.append({"index": index, "status": 200, "result": fields})
-    body = {"request_id": request.state.request_id, **_model_fields(runtime), "results": results}
+    body = {"request_id": request.state.request_id, **_model_fields(served), "results": results}
     return JSONResponse(body)

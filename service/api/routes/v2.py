@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 import numpy as np
@@ -19,13 +19,16 @@ from fastapi.responses import JSONResponse, Response
 
 import faseg
 
-from ...core.errors import InvalidRequest, ModelNotFound, TooManyImages
+from ...buckets import bucket_name
+from ...core.errors import InvalidRequest, ServiceError, TooManyImages
 from ...core.lifecycle import Lifecycle
 from ...kserve import HEADER_LENGTH, NUMPY_TO_V2, OutputTensor, bytes_elements, encode_response, parse_request
+from ...model_version import ServedVersion
 from ...pipeline import LABELS_OUTPUT, PreparedImage, RenderedImage, SegmentOptions
-from ...runtime import MODEL_VERSION, Runtime
+from ...runtime import Runtime
 from ..body import SegmentJob, read_body, segment_request
 from ..deps import LifecycleDep, MetricsDep, RuntimeDep
+from ..model_choice import choose_bucket_of
 from ..schemas import V2ErrorResponse
 from .segment import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS
 
@@ -40,12 +43,23 @@ V2_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": V2ErrorResponse} for code in (400, 404, 413, 415, 429, 503, 504)
 }
 ModelName = Annotated[str, Path(description="Model name")]
-ModelVersion = Annotated[str, Path(description="Model version (this server serves version 1)")]
+ModelVersion = Annotated[str, Path(description="Model version (with --model FILE: 1)")]
 
 
-def _check_model(runtime: Runtime, model: str, version: str | None = None) -> None:
-    if model != runtime.backend.model_name or version not in (None, "", MODEL_VERSION):
-        raise ModelNotFound(f"unknown model {model!r} version {version!r}")
+def _check_model(runtime: Runtime, model: str, version: str | None = None) -> ServedVersion:
+    """The ready version a request names: 404 for an unknown model or version, 503 when not ready."""
+    return runtime.resolve(model, version or None)
+
+
+def _model_readiness(runtime: Runtime, lifecycle: Lifecycle, model: str, version: str | None) -> JSONResponse:
+    try:
+        served = _check_model(runtime, model, version)
+    except ServiceError as exc:
+        if exc.status == 404:
+            raise
+        return _readiness(False, {"name": model, "ready": False, "reason": exc.message})
+    ready = lifecycle.ready and served.ready
+    return _readiness(ready, {"name": model, "version": served.version, "ready": ready})
 
 
 def _readiness(ready: bool, body: dict[str, Any]) -> JSONResponse:
@@ -58,7 +72,7 @@ async def server_metadata() -> dict[str, Any]:
     return {
         "name": "faseg",
         "version": faseg.__version__,
-        "extensions": ["binary_tensor_data", "statistics", "model_configuration"],
+        "extensions": ["binary_tensor_data", "statistics", "model_configuration", "model_repository"],
     }
 
 
@@ -74,15 +88,19 @@ async def ready(lifecycle: LifecycleDep) -> JSONResponse:
 
 @router.get("/models/stats", summary="Statistics of all models", responses=V2_ERRORS)
 async def all_stats(runtime: RuntimeDep, metrics: MetricsDep) -> dict[str, Any]:
-    return {"model_stats": [metrics.stats.as_json(runtime.backend.model_name, MODEL_VERSION)]}
+    served = runtime.registry.served()
+    return {"model_stats": [metrics.stats(v.name, v.version).as_json(v.name, v.version) for v in served]}
 
 
-def _metadata(runtime: Runtime) -> dict[str, Any]:
-    label_type = NUMPY_TO_V2[runtime.backend.info.label_dtype]
+def _metadata(runtime: Runtime, served: ServedVersion) -> dict[str, Any]:
+    backend = served.primary.backend
+    label_type = NUMPY_TO_V2[backend.info.label_dtype]
+    ready = runtime.registry.models[served.name].ready_versions()
     return {
-        "name": runtime.backend.model_name,
-        "versions": [MODEL_VERSION],
-        "platform": f"faseg_{runtime.backend.name}",
+        "name": served.name,
+        "versions": [v.version for v in ready],
+        "platform": f"faseg_{backend.name}",
+        "parameters": {"buckets": [bucket_name(b) for b in served.buckets], "classes": list(backend.classes)},
         "inputs": [{"name": INPUT_IMAGE, "datatype": "BYTES", "shape": [-1, 1]}],
         "outputs": [
             {"name": OUTPUT_LABELS, "datatype": label_type, "shape": [-1, -1, -1]},
@@ -91,22 +109,25 @@ def _metadata(runtime: Runtime) -> dict[str, Any]:
     }
 
 
-def _config(runtime: Runtime) -> dict[str, Any]:
-    label_type = NUMPY_TO_V2[runtime.backend.info.label_dtype]
+def _config(runtime: Runtime, served: ServedVersion) -> dict[str, Any]:
+    backend = served.primary.backend
+    policy = served.primary.batcher.policy
+    label_type = NUMPY_TO_V2[backend.info.label_dtype]
     return {
-        "name": runtime.backend.model_name,
-        "platform": f"faseg_{runtime.backend.name}",
-        "backend": runtime.backend.name,
-        "max_batch_size": runtime.policy.max_batch_size,
+        "name": served.name,
+        "platform": f"faseg_{backend.name}",
+        "backend": backend.name,
+        "max_batch_size": policy.max_batch_size,
+        "parameters": {"buckets": [bucket_name(b) for b in served.buckets], "default_bucket": served.config.bucket},
         "input": [{"name": INPUT_IMAGE, "data_type": "TYPE_STRING", "dims": [1]}],
         "output": [
             {"name": OUTPUT_LABELS, "data_type": f"TYPE_{label_type}", "dims": [-1, -1]},
             {"name": OUTPUT_STATS, "data_type": "TYPE_STRING", "dims": [1]},
         ],
         "dynamic_batching": {
-            "max_queue_delay_microseconds": int(runtime.policy.max_queue_delay_s * 1_000_000),
+            "max_queue_delay_microseconds": int(policy.max_queue_delay_s * 1_000_000),
             "default_queue_policy": {
-                "max_queue_size": runtime.policy.max_queue_size,
+                "max_queue_size": policy.max_queue_size,
                 "default_timeout_microseconds": runtime.settings.default_timeout_ms * US_PER_MS,
                 "allow_timeout_override": True,
             },
@@ -116,40 +137,35 @@ def _config(runtime: Runtime) -> dict[str, Any]:
 
 @router.get("/models/{model}", summary="Model metadata", responses=V2_ERRORS)
 async def model_metadata(model: ModelName, runtime: RuntimeDep) -> dict[str, Any]:
-    _check_model(runtime, model)
-    return _metadata(runtime)
+    return _metadata(runtime, _check_model(runtime, model))
 
 
 @router.get("/models/{model}/versions/{version}", summary="Model metadata", responses=V2_ERRORS)
 async def model_version_metadata(model: ModelName, version: ModelVersion, runtime: RuntimeDep) -> dict[str, Any]:
-    _check_model(runtime, model, version)
-    return _metadata(runtime)
+    return _metadata(runtime, _check_model(runtime, model, version))
 
 
 @router.get("/models/{model}/ready", summary="Model readiness (503 when not ready)", responses=V2_ERRORS)
 async def model_ready(model: ModelName, runtime: RuntimeDep, lifecycle: LifecycleDep) -> JSONResponse:
-    _check_model(runtime, model)
-    return _readiness(lifecycle.ready, {"name": model, "ready": lifecycle.ready})
+    return _model_readiness(runtime, lifecycle, model, None)
 
 
 @router.get("/models/{model}/versions/{version}/ready", summary="Model readiness", responses=V2_ERRORS)
 async def model_version_ready(
     model: ModelName, version: ModelVersion, runtime: RuntimeDep, lifecycle: LifecycleDep
 ) -> JSONResponse:
-    _check_model(runtime, model, version)
-    return _readiness(lifecycle.ready, {"name": model, "ready": lifecycle.ready})
+    return _model_readiness(runtime, lifecycle, model, version)
 
 
 @router.get("/models/{model}/config", summary="Model configuration (Triton's shape)", responses=V2_ERRORS)
 async def model_config(model: ModelName, runtime: RuntimeDep) -> dict[str, Any]:
-    _check_model(runtime, model)
-    return _config(runtime)
+    return _config(runtime, _check_model(runtime, model))
 
 
 @router.get("/models/{model}/stats", summary="Model statistics (Triton's shape)", responses=V2_ERRORS)
 async def model_stats(model: ModelName, runtime: RuntimeDep, metrics: MetricsDep) -> dict[str, Any]:
-    _check_model(runtime, model)
-    return {"model_stats": [metrics.stats.as_json(model, MODEL_VERSION)]}
+    served = _check_model(runtime, model)
+    return {"model_stats": [metrics.stats(served.name, served.version).as_json(served.name, served.version)]}
 
 
 def _infer_body() -> dict[str, Any]:
@@ -214,6 +230,7 @@ async def infer_version(
 class InferCall(SegmentJob):
     """A validated inference request: the images, options and deadline, plus what the answer needs."""
 
+    bucket: str | None  # parameter "bucket": "HxW" or "auto"; None: the model's default
     request_id: str | None
     outputs: list[str]  # output names in the order asked for
     binary: set[str]  # outputs to send as binary data
@@ -256,11 +273,15 @@ def parse_call(body: bytes, header_length: str | None, max_images: int) -> Infer
     if len(images) > max_images:
         raise TooManyImages(f"at most {max_images} images per request")
     names, binary = _requested_outputs(header.outputs, bool(header.parameters.get("binary_data_output")))
+    bucket = header.parameters.get("bucket")
+    if bucket is not None and not isinstance(bucket, str):
+        raise InvalidRequest("parameter bucket must be a string: 'HxW' or 'auto'")
     output_size = header.parameters.get("output_size", "original")
     if output_size not in ("original", "model"):
         raise InvalidRequest("parameter output_size must be 'original' or 'model'")
     wanted = {LABELS_OUTPUT} | ({"stats"} if OUTPUT_STATS in names else set())
     return InferCall(
+        bucket=bucket,
         request_id=header.id,
         images=images,
         outputs=names,
@@ -280,7 +301,7 @@ def _check_one_size(call: InferCall, images: list[PreparedImage]) -> None:
         )
 
 
-def _response(model: str, call: InferCall, answers: list[RenderedImage]) -> Response:
+def _response(served: ServedVersion, call: InferCall, answers: list[RenderedImage], buckets: list[str]) -> Response:
     tensors = []
     for name in call.outputs:
         if name == OUTPUT_LABELS:
@@ -290,7 +311,12 @@ def _response(model: str, call: InferCall, answers: list[RenderedImage]) -> Resp
             docs = [json.dumps(a.fields.get("stats", []), separators=(",", ":")).encode() for a in answers]
             tensors.append(OutputTensor(name, "BYTES", [len(docs), 1], elements=docs))  # config dims [1]
     content, header_length = encode_response(
-        model_name=model, model_version=MODEL_VERSION, request_id=call.request_id, outputs=tensors, binary=call.binary
+        model_name=served.name,
+        model_version=served.version,
+        request_id=call.request_id,
+        outputs=tensors,
+        binary=call.binary,
+        parameters={"buckets": buckets},
     )
     if header_length is None:
         return Response(content, media_type="application/json")
@@ -300,15 +326,18 @@ def _response(model: str, call: InferCall, answers: list[RenderedImage]) -> Resp
 async def _infer(model: str, version: str | None, request: Request, runtime: Runtime, lifecycle: Lifecycle) -> Response:
     settings = runtime.settings
 
-    _check_model(runtime, model, version)  # an unknown model is a 404 whatever the queue holds
+    served = _check_model(runtime, model, version)  # an unknown model is a 404 whatever the queue holds
 
     async def read() -> InferCall:
         body = await read_body(request, settings.max_body_bytes)
-        return parse_call(body, request.headers.get(HEADER_LENGTH), settings.max_images_per_request)
+        call = parse_call(body, request.headers.get(HEADER_LENGTH), settings.max_images_per_request)
+        options = replace(call.options, bucket=choose_bucket_of(served, call.bucket))
+        return replace(call, options=options)
 
     call, outcomes = await segment_request(
-        request, runtime, lifecycle, read, fail_fast=True, check_prepared=_check_one_size
+        request, runtime, lifecycle, read, fail_fast=True, check_prepared=_check_one_size, target=served
     )
     # The protocol has no per-image errors: fail_fast raised the first one.
     rendered = [o.answer for o in outcomes if isinstance(o.answer, RenderedImage)]
-    return _response(model, call, rendered)
+    buckets = [bucket_name(o.prepared.bucket) for o in outcomes if isinstance(o.prepared, PreparedImage)]
+    return _response(served, call, rendered, buckets)

@@ -1,7 +1,7 @@
 """KServe v2 routes of one pinned model version: ``/v2/models/{m}/versions/{v}/config`` and ``/stats``.
 
-They answer what the unversioned routes of :mod:`.v2` answer, for the version this server serves (tritonclient's
-``get_model_config(m, v)`` and ``get_inference_statistics(m, v)`` call them); another version is a 404.
+They answer what the unversioned routes of :mod:`.v2` answer, for the named version (tritonclient's
+``get_model_config(m, v)`` and ``get_inference_statistics(m, v)`` call them); a version that is not served is a 404.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from ...runtime import MODEL_VERSION
 from ..deps import MetricsDep, RuntimeDep
 from .v2 import V2_ERRORS, ModelName, ModelVersion, _check_model, _config
 
@@ -23,8 +22,7 @@ router = APIRouter(prefix="/v2", tags=["kserve-v2"])
     responses=V2_ERRORS,
 )
 async def model_version_config(model: ModelName, version: ModelVersion, runtime: RuntimeDep) -> dict[str, Any]:
-    _check_model(runtime, model, version)
-    return _config(runtime)
+    return _config(runtime, _check_model(runtime, model, version))
 
 
 @router.get(
@@ -35,5 +33,5 @@ async def model_version_config(model: ModelName, version: ModelVersion, runtime:
 async def model_version_stats(
     model: ModelName, version: ModelVersion, runtime: RuntimeDep, metrics: MetricsDep
 ) -> dict[str, Any]:
-    _check_model(runtime, model, version)
-    return {"model_stats": [metrics.stats.as_json(model, MODEL_VERSION)]}
+    served = _check_model(runtime, model, version)
+    return {"model_stats": [metrics.stats(served.name, served.version).as_json(served.name, served.version)]}
