@@ -58,10 +58,10 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     return variant, model, onnx_export.export_model(model, out, options)
 
 
+@pytest.mark.only_flavour("portable")
 def test_portable_graph_is_standard_onnx(exported) -> None:
     variant, _, result = exported
-    if result.flavour != "portable":
-        pytest.skip("portable flavour only")
+    assert result.flavour == "portable"  # only_flavour deselects the other flavour
     proto = onnx.load(str(result.path))
     onnx.checker.check_model(proto)
     assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
@@ -88,11 +88,11 @@ def test_onnxruntime_matches_torch(exported) -> None:
         assert np.abs(out["pred_masks"] - ref[3]).max() <= LOGITS_ATOL
 
 
+@pytest.mark.only_flavour("portable")
 def test_served_by_the_service(exported) -> None:
     """The exported file behind the real app (ONNX Runtime backend), one PNG request."""
     _, _, result = exported
-    if result.flavour != "portable":
-        pytest.skip("portable flavour only")
+    assert result.flavour == "portable"  # only_flavour deselects the other flavour
     pytest.importorskip("fastapi")
     import io
     import time

@@ -145,9 +145,9 @@ def test_head_is_optimized(exported) -> None:
     assert details["einsum_to_matmul"] >= 2 and details["max_argmax_to_topk"] == 1
 
 
+@pytest.mark.only_flavour("portable")
 def test_portable_has_standard_ops_only(exported) -> None:
-    if exported.flavour != "portable":
-        pytest.skip("portable flavour only")
+    assert exported.flavour == "portable"  # only_flavour deselects the other flavour
     proto = onnx.load(str(exported.path))
     assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx"}
     ops = {n.op_type for n in proto.graph.node}
@@ -155,9 +155,9 @@ def test_portable_has_standard_ops_only(exported) -> None:
     assert exported.custom_nodes == {}
 
 
+@pytest.mark.only_flavour("plugin")
 def test_plugin_nodes_follow_the_contract(exported) -> None:
-    if exported.flavour != "plugin":
-        pytest.skip("plugin flavour only")
+    assert exported.flavour == "plugin"  # only_flavour deselects the other flavour
     proto = onnx.load(str(exported.path))
     assert ("faseg", 1) in {(o.domain, o.version) for o in proto.opset_import}
     assert exported.custom_nodes == {"faseg::FASegMSDeformAttn_TRT": 2, "faseg::FASegTopKCrossAttn_TRT": 2}

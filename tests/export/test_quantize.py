@@ -146,10 +146,10 @@ def test_verify_rejects_a_corrupted_int8_file(int8_export, tmp_path: Path) -> No
     assert report["onnxruntime"]["failures"]
 
 
+@pytest.mark.only_flavour("portable")
 def test_service_reports_int8(int8_export) -> None:
     flavour, result = int8_export
-    if flavour != "portable":
-        pytest.skip("one flavour is enough for the service report")
+    assert flavour == "portable"  # only_flavour deselects the other flavour
     backend = OnnxRuntimeBackend.load(result.path, model_name="demo-int8", max_batch_size=2)
     assert backend.precision == "int8"
     with TestClient(create_app(Settings(max_batch_size=2, warmup=False), backend=backend)) as client:
@@ -158,12 +158,12 @@ def test_service_reports_int8(int8_export) -> None:
         assert '"precision":"int8"' in models.text.replace(" ", "")
 
 
+@pytest.mark.only_flavour("plugin")
 def test_int8_plugin_file_with_a_missing_or_wrong_library_fails_at_startup(
     int8_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     flavour, result = int8_export
-    if flavour != "plugin":
-        pytest.skip("only plugin-flavour files need the custom-op library")
+    assert flavour == "plugin"  # only_flavour deselects the other flavour
     monkeypatch.setenv(custom_ops.LIBRARY_ENV, str(tmp_path / "missing" / custom_ops.LIBRARY_NAME))
     # The service's backend turns the runtime's error into its one-line start-up error (BackendError).
     with pytest.raises(BackendError, match="does not exist"):
