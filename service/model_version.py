@@ -22,6 +22,7 @@ from .batching import BatchPolicy, DynamicBatcher
 from .buckets import Bucket, bucket_name
 from .core.config import Settings
 from .core.errors import NotReady, ServiceError
+from .core.inflight import InFlight
 from .core.lifecycle import NOT_READY_RETRY_AFTER_S
 from .metrics import ServiceMetrics
 from .pipeline import Pipeline
@@ -101,9 +102,7 @@ class ServedVersion:
         self.state = VersionState.LOADING
         self.ready_since: float | None = None  # time.time() when it turned READY
         self._infer_pool = infer_pool
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._in_flight = InFlight()  # requests using this version (unloading waits for them)
         max_batch = config.max_batch_size or settings.max_batch_size
         ordered = sorted(backends, key=lambda b: (b.input_size[0] * b.input_size[1], b.input_size))
         self.runners: dict[Bucket, BucketRunner] = {}
@@ -172,14 +171,8 @@ class ServedVersion:
                 f"model {self.name!r} version {self.version} is {self.state.value.lower()}",
                 retry_after_s=NOT_READY_RETRY_AFTER_S,
             )
-        self._active += 1
-        self._idle.clear()
-        try:
+        with self._in_flight.hold():
             yield
-        finally:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -210,8 +203,7 @@ class ServedVersion:
         503), then close the backends."""
         self.state = VersionState.UNLOADING
         deadline = time.monotonic() + timeout_s
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        await self._in_flight.wait_idle(timeout_s)
         await self.close(max(0.0, deadline - time.monotonic()))
 
     async def close(self, timeout_s: float) -> None:

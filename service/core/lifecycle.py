@@ -10,13 +10,13 @@ comes back by itself when the problem is gone. Used from the event loop only.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .errors import Draining, NotReady, ServiceError
+from .inflight import InFlight
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,7 @@ class Lifecycle:
     def __init__(self) -> None:
         self.phase = Phase.STARTING
         self.failure: BaseException | None = None
-        self._active = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._in_flight = InFlight()
         self._health: Callable[[], str | None] = _healthy
         self._unhealthy: str | None = None  # the problem last seen, to log each change once
         self.aborted = False  # a second signal cut the drain short
@@ -74,7 +72,7 @@ class Lifecycle:
 
     @property
     def active_requests(self) -> int:
-        return self._active
+        return self._in_flight.count
 
     def mark_ready(self) -> None:
         if self.phase is Phase.STARTING:
@@ -107,19 +105,9 @@ class Lifecycle:
     def admit(self) -> Iterator[None]:
         """Count one work request from admission until its response is built; 503 when not admitting."""
         self.check_admission()
-        self._active += 1
-        self._idle.clear()
-        try:
+        with self._in_flight.hold():
             yield
-        finally:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.set()
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Wait until no admitted request is left; False if ``timeout_s`` passed first."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
+        return await self._in_flight.wait_idle(timeout_s)
