@@ -48,8 +48,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET_VS_HF = 3.0
 TARGET_VS_OPENVINO = 1.5
-ADE20K_CLASSES = 150
-HF_QUERIES = 100
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 HF = "HF Mask2Former-R50 eager"
@@ -85,19 +83,9 @@ class Candidate:
 def hf_mask2former_r50() -> Runner:
     import torch
     import torch.nn.functional as F
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, ResNetConfig
-    from transformers.utils import logging as hf_logging
+    from hf_compare import hf_mask2former_r50_model
 
-    hf_logging.set_verbosity_error()  # "Backbone resnet is not a supported model": it builds and runs
-    resnet = ResNetConfig(
-        depths=[3, 4, 6, 3],
-        hidden_sizes=[256, 512, 1024, 2048],
-        layer_type="bottleneck",
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    )
-    config = Mask2FormerConfig(backbone_config=resnet, num_labels=ADE20K_CLASSES, num_queries=HF_QUERIES)
-    torch.manual_seed(0)
-    model = Mask2FormerForUniversalSegmentation(config).eval()
+    model = hf_mask2former_r50_model()
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 

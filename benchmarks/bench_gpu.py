@@ -51,7 +51,6 @@ TARGETS = {
     "torch_kernels_vs_reference_b8_bf16": 1.5,
     "torch_kernels_vs_hf_b8_bf16": 2.0,
 }
-ADE20K_CLASSES = 150
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
@@ -176,12 +175,9 @@ def bench_e2e(
 
 
 def hf_mask2former_r50():
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, ResNetConfig
+    from hf_compare import hf_mask2former_r50_model
 
-    resnet = ResNetConfig(depths=[3, 4, 6, 3], out_features=["stage1", "stage2", "stage3", "stage4"])
-    config = Mask2FormerConfig(backbone_config=resnet, num_labels=ADE20K_CLASSES, num_queries=100)
-    torch.manual_seed(0)
-    return Mask2FormerForUniversalSegmentation(config).eval()
+    return hf_mask2former_r50_model()
 
 
 def bench_hf(

@@ -79,6 +79,25 @@ def hf_semantic_postprocess(outputs, size: tuple[int, int]):
     return scores.argmax(dim=1)  # (B, H, W)
 
 
+def hf_mask2former_r50_model():
+    """transformers' Mask2Former with a ResNet-50 backbone (``ResNetConfig``: bottleneck blocks 3-4-6-3, widths
+    256…2048), 150 classes, 100 queries, seeded random weights, eval mode: the R50 peer of every benchmark."""
+    import torch
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, ResNetConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "Backbone resnet is not a supported model": it builds and runs
+    resnet = ResNetConfig(
+        depths=[3, 4, 6, 3],
+        hidden_sizes=[256, 512, 1024, 2048],
+        layer_type="bottleneck",
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = Mask2FormerConfig(backbone_config=resnet, num_labels=ADE20K_CLASSES, num_queries=HF_QUERIES)
+    torch.manual_seed(0)
+    return Mask2FormerForUniversalSegmentation(config).eval()
+
+
 def hf_mask2former_swin_t() -> tuple[Callable[[np.ndarray], np.ndarray], float]:
     import torch
     from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig

@@ -25,6 +25,9 @@ def _run(script: Path, *args: str, timeout: int = 300) -> subprocess.CompletedPr
 
 
 def _bench_module():
+    # As `python benchmarks/bench_gpu.py` runs it: its folder first on sys.path (it imports bench_kernels, hf_compare).
+    if str(BENCH_GPU.parent) not in sys.path:
+        sys.path.insert(0, str(BENCH_GPU.parent))
     spec = importlib.util.spec_from_file_location("bench_gpu", BENCH_GPU)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
