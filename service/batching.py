@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import math
 import time
@@ -88,6 +89,7 @@ class _Item:
 
 
 Outcome = ItemResult | ServiceError
+RunOutcome = tuple[np.ndarray, np.ndarray] | ServiceError  # one image's answer from an inference thread
 
 
 class DynamicBatcher:
@@ -107,6 +109,7 @@ class DynamicBatcher:
         self._running: set[_Item] = set()  # images of the batches now running
         self._runs: set[asyncio.Task[None]] = set()
         self._run_starts: dict[object, float] = {}  # monotonic start of every model run in progress
+        self._threads: set[concurrent.futures.Future[list[RunOutcome]]] = set()  # model runs whose thread is busy
         self._closed = False
         self._batch_time_s = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -122,6 +125,11 @@ class DynamicBatcher:
     def in_flight(self) -> int:
         """Images queued or running."""
         return len(self._queue) + len(self._running)
+
+    @property
+    def unfinished_runs(self) -> int:
+        """Model runs whose inference thread has not returned; after ``stop``, the runs that never returned."""
+        return sum(not thread.done() for thread in list(self._threads))
 
     def submit(self, images: Sequence[np.ndarray], deadline: float) -> list[asyncio.Future[ItemResult]]:
         """Queue ``images`` (each (H, W, 3) uint8 of one bucket) to be done by ``deadline``
@@ -262,9 +270,10 @@ class DynamicBatcher:
         self._run_starts[token] = started
         self._running.update(batch)
         try:
-            outcomes = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._run_split, [item.image for item in batch]
-            )
+            thread = self._executor.submit(self._run_split, [item.image for item in batch])
+            self._threads.add(thread)
+            thread.add_done_callback(self._threads.discard)
+            outcomes = await asyncio.wrap_future(thread)
         except Exception as exc:  # a bug outside the backend call itself; every image of the run fails
             log.exception("batch of %d failed", len(batch))
             outcomes = [InternalError(f"inference failed: {type(exc).__name__}")] * len(batch)
@@ -287,7 +296,7 @@ class DynamicBatcher:
                     ItemResult(labels, confidence, batch_size=len(batch), queue_s=waited, infer_s=infer_s)
                 )
 
-    def _run_split(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray] | ServiceError]:
+    def _run_split(self, images: list[np.ndarray]) -> list[RunOutcome]:
         """Inference thread: one model run, halved and retried on out-of-memory."""
         try:
             output = self._run(np.stack(images))

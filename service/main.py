@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         finally:
             warm_up.cancel()
             await asyncio.gather(warm_up, return_exceptions=True)
-            await runtime.close(effective.drain_timeout_s)
+            lifecycle.unfinished_runs = await runtime.close(effective.drain_timeout_s)
             app.state.runtime = None
 
     app = FastAPI(

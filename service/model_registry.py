@@ -88,6 +88,7 @@ class ModelRegistry:
         self._decode_pool = decode_pool
         self._encode_pool = encode_pool
         self.models: dict[str, ModelSlot] = {}
+        self._left_open: list[ServedVersion] = []  # unloaded versions with a model run that had not returned
 
     # --- what is on disk ---------------------------------------------------------------------------------
 
@@ -248,10 +249,12 @@ class ModelRegistry:
                 if self.models[name].versions:
                     await self.unload(name)
 
-    async def close(self, timeout_s: float) -> None:
-        await asyncio.gather(*(v.close(timeout_s) for v in self.served()))
+    async def close(self, timeout_s: float) -> int:
+        """Close every served version; returns the model runs that never returned (``ServedVersion.close``)."""
+        unfinished = await asyncio.gather(*(v.close(timeout_s) for v in self.served()))
         for slot in self.models.values():
             slot.versions.clear()
+        return sum(unfinished) + sum(v.unfinished_runs for v in self._left_open)
 
     def abort(self) -> None:
         for served in self.served():
@@ -368,7 +371,9 @@ class ModelRegistry:
         for served in retiring:
             served.state = VersionState.UNLOADING  # no new requests from now on
             self.metrics.version_ready.labels(served.name, served.version).set(0)
-        await asyncio.gather(*(s.unload(self.settings.drain_timeout_s) for s in retiring))
-        for served in retiring:
+        unfinished = await asyncio.gather(*(s.unload(self.settings.drain_timeout_s) for s in retiring))
+        for served, runs in zip(retiring, unfinished, strict=True):
             slot.versions.pop(served.version, None)
+            if runs:
+                self._left_open.append(served)
             log.info("model %s version %s unloaded", served.name, served.version)

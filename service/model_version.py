@@ -198,24 +198,39 @@ class ServedVersion:
         for runner in self.runners.values():
             runner.batcher.abort()
 
-    async def unload(self, timeout_s: float) -> None:
+    async def unload(self, timeout_s: float) -> int:
         """Take no new requests, let the admitted ones finish (up to ``timeout_s``; what is left then gets
-        503), then close the backends."""
+        503), then close the backends; returns the model runs that never returned (see ``close``)."""
         self.state = VersionState.UNLOADING
         deadline = time.monotonic() + timeout_s
         await self._in_flight.wait_idle(timeout_s)
-        await self.close(max(0.0, deadline - time.monotonic()))
+        return await self.close(max(0.0, deadline - time.monotonic()))
 
-    async def close(self, timeout_s: float) -> None:
+    async def close(self, timeout_s: float) -> int:
+        """Stop the batchers (``timeout_s`` for the work in flight) and close the backends. A backend whose
+        model run has not returned by then is left open (closing it would wait behind that run); returns
+        how many such runs there are, so the process can exit without joining their threads."""
         self.state = VersionState.UNLOADING
         await asyncio.gather(*(r.batcher.stop(timeout_s) for r in self.runners.values()))
         for observer in self._observers:
             observer.queue_depth(0)
         loop = asyncio.get_running_loop()
-        for runner in self.runners.values():
+        for bucket, runner in self.runners.items():
+            if runner.batcher.unfinished_runs:
+                log.error(
+                    "%s version %s bucket %s: a model run has not returned; its backend is left open",
+                    self.name, self.version, bucket_name(bucket),
+                )  # fmt: skip
+                continue
             try:
                 await loop.run_in_executor(self._infer_pool, runner.backend.close)
             except Exception:
                 log.exception("closing %s version %s failed", self.name, self.version)
         self._infer_pool.shutdown(wait=False)
         self.state = VersionState.UNAVAILABLE
+        return self.unfinished_runs
+
+    @property
+    def unfinished_runs(self) -> int:
+        """Model runs of this version whose inference thread has not returned."""
+        return sum(runner.batcher.unfinished_runs for runner in self.runners.values())

@@ -142,11 +142,13 @@ class Runtime:
             "backend_details": backend.details(),
         }
 
-    async def close(self, timeout_s: float) -> None:
+    async def close(self, timeout_s: float) -> int:
+        """Stop serving; returns the model runs that never returned (their threads cannot be joined)."""
         if self._poll is not None:
             self._poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll
-        await self.registry.close(timeout_s)
+        unfinished = await self.registry.close(timeout_s)
         self._decode_pool.shutdown(wait=True, cancel_futures=True)
         self._encode_pool.shutdown(wait=True, cancel_futures=True)
+        return unfinished

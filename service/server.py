@@ -40,6 +40,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 3  # a second signal cut the drain short
+EXIT_MODEL_RUN_HUNG = 4  # drained, but a model run had not returned: exited without joining its thread
 # After a second signal: time for the 503 answers of the work that was failed to be written.
 ABORT_GRACE_S = 0.5
 
@@ -102,6 +103,10 @@ class DrainingServer(uvicorn.Server):
         return self._lifecycle.aborted
 
     @property
+    def unfinished_runs(self) -> int:
+        return self._lifecycle.unfinished_runs
+
+    @property
     def failed(self) -> bool:
         return self._lifecycle.phase is Phase.FAILED
 
@@ -128,11 +133,12 @@ def build_server(settings: Settings, backend: Backend | None = None) -> Draining
     return DrainingServer(config, app)
 
 
-def run(settings: Settings | None = None) -> int:
-    """Load the model, serve until drained, and return the process exit code: 0 after a graceful
-    drain, 1 when the model cannot be loaded or warmed up. Raises ``DefaultModelUnavailable`` when no
-    model is given and the demo model cannot be produced."""
-    settings = effective_settings(settings or Settings())
+def run(settings: Settings | None = None, backend: Backend | None = None) -> int:
+    """Load the model (or serve the already-loaded ``backend``), serve until drained, and return the process
+    exit code (docs/service.md, "Exit codes"): 0 after a graceful drain, 1 when the model cannot be loaded or
+    warmed up; 3 and 4 exit the process at once. Raises ``DefaultModelUnavailable`` when no model is given
+    and the demo model cannot be produced."""
+    settings = effective_settings(settings or Settings(), backend_given=backend is not None)
     _configure_logging(settings.log_level)
     memory_metrics.start_tracing(settings.tracemalloc)  # before the model loads, so its allocations count
     if settings.api_keys_file is not None:
@@ -141,11 +147,10 @@ def run(settings: Settings | None = None) -> int:
         except OSError as exc:
             log.error("cannot read the API key file: %s", exc)
             return EXIT_USAGE
-    backend = None
     try:
         if settings.model_repository is not None:  # its models load in the app (a broken one is not fatal)
             scan_repository(settings.model_repository)
-        else:
+        elif backend is None:
             backend = load_backend(settings)  # before binding: a bad model is one clear line, not a traceback
     except (BackendError, RepositoryError) as exc:
         log.error("cannot load the model: %s", exc)
@@ -154,6 +159,9 @@ def run(settings: Settings | None = None) -> int:
     server.run()
     if server.aborted:
         _exit_now(EXIT_INTERRUPTED)  # the drain was cut short: no joining a model run still in progress
+    if server.unfinished_runs:
+        log.error("%d model run(s) never returned; exiting without waiting for them", server.unfinished_runs)
+        _exit_now(EXIT_MODEL_RUN_HUNG)
     return EXIT_FAILED if server.failed else EXIT_OK
 
 

@@ -50,6 +50,7 @@ class Lifecycle:
         self._health: Callable[[], str | None] = _healthy
         self._unhealthy: str | None = None  # the problem last seen, to log each change once
         self.aborted = False  # a second signal cut the drain short
+        self.unfinished_runs = 0  # model runs that had not returned when the service closed
 
     @property
     def ready(self) -> bool:

@@ -4,6 +4,8 @@ slowly, a model file that cannot be loaded, and SIGTERM twice (real server proce
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -23,6 +25,16 @@ from service_server import ServerFactory, free_port
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 3
+EXIT_MODEL_RUN_HUNG = 4
+# A real server process (faseg.service.server.run) serving a FakeBackend whose marked images hang for good.
+HUNG_SERVER = """
+import sys
+from faseg.service import Settings
+from faseg.service.server import run
+from service_fake_backend import FakeBackend
+settings = Settings(port=int(sys.argv[1]), warmup=False, drain_delay_s=0, drain_timeout_s=1, stall_timeout_s=60)
+sys.exit(run(settings, FakeBackend("hang")))
+"""
 
 
 def marked_png() -> bytes:
@@ -171,3 +183,30 @@ def test_second_sigterm_cuts_the_drain_short(server_factory: ServerFactory) -> N
     worker.join(timeout=15)
     assert [r.status_code for r in results] == [503] * 4
     assert all(r.json()["error"]["code"] == "DRAINING" for r in results)
+
+
+def test_sigterm_with_a_hung_model_run_exits_4_after_the_drain(tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "-c", HUNG_SERVER, str(port)], env=env, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        stuck = httpx.post(f"{url}/v1/segment?timeout_ms=300", content=marked_png(), timeout=10)
+        assert stuck.status_code == 504, stuck.text  # the model run goes on hanging in its thread
+        process.send_signal(signal.SIGTERM)
+        # Drain (1 s), close (1 s for the batcher), then exit without joining the hung thread.
+        assert process.wait(timeout=30) == EXIT_MODEL_RUN_HUNG, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "model run(s) never returned" in log.read_text()
