@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from faseg.export.onnx_export import ExportOptions, export_checkpoint
 from faseg.export.session import OrtSession
-from faseg.model.data.datasets import SyntheticDataset
+from faseg.model.data.synthetic import SyntheticDataset
 from faseg.model.demo import demo_checkpoint_dir
 from faseg.model.evaluation import SemSegEvaluator
 from faseg.service.imaging.preprocess import bucket_name, choose_bucket, fit, letterbox, restore
