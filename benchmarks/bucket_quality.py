@@ -3,9 +3,9 @@
 What serving does, measured side by side on the same images: the demo model (model/demo_model) is exported
 to ONNX at 256×256 and at 256×512; each synthetic validation image (512×1024, aspect ratio 2:1, with its
 label map; ``SyntheticDataset(size=(512, 1024))``) is letterboxed into each bucket with the service's own
-letterbox (``service/imaging/letterbox.py``), run through the export session (``export/session.py``), and
+letterbox (``service/imaging/preprocess.py``), run through the export session (``export/session.py``), and
 its labels are cropped and resized back to 512×1024 as the service does (``restore``). mIoU is computed
-against the full-resolution labels. The service's bucket policy (``service/buckets.py``) is checked to pick
+against the full-resolution labels. The service's bucket policy (same module) is checked to pick
 the 2:1 bucket for these images.
 
     .venv/bin/python benchmarks/bucket_quality.py --images 64 \\
@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 from faseg.export.onnx_export import ExportOptions, export_checkpoint
 from faseg.export.session import OrtSession
-from faseg.model.data.datasets import SyntheticDataset
+from faseg.model.data.synthetic import SyntheticDataset
 from faseg.model.demo import demo_checkpoint_dir
 from faseg.model.evaluation import SemSegEvaluator
-from faseg.service.buckets import bucket_name, choose_bucket
-from faseg.service.imaging.letterbox import fit, letterbox, restore
+from faseg.service.imaging.preprocess import bucket_name, choose_bucket, fit, letterbox, restore
 from PIL import Image
 
 from faseg.machine import cpu_name

@@ -24,7 +24,7 @@ from .backends import Backend
 from .core.config import Settings
 from .core.default_model import resolve_default_model
 from .core.lifecycle import Lifecycle
-from .imaging.decode import configure_pillow
+from .imaging.preprocess import configure_pillow
 from .metrics import ServiceMetrics
 from .runtime import Runtime
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 from .backends import Backend, BackendError
 from .batching import BatchPolicy, DynamicBatcher
-from .buckets import Bucket, bucket_name
 from .core.config import Settings
-from .core.errors import NotReady, ServiceError
+from .core.errors import BucketNotFound, NotReady, ServiceError
 from .core.inflight import InFlight
 from .core.lifecycle import NOT_READY_RETRY_AFTER_S
+from .imaging.preprocess import AUTO, Bucket, bucket_name, parse_bucket
 from .metrics import ServiceMetrics
 from .pipeline import Pipeline
 from .repository import ModelConfig
@@ -150,6 +150,20 @@ class ServedVersion:
         return max(r.batcher.longest_run_s() for r in self.runners.values())
 
     # --- requests ----------------------------------------------------------------------------------------
+
+    def named_bucket(self, requested: str | None) -> Bucket | None:
+        """The bucket a request names (its ``bucket`` parameter, else the model's default; None for ``auto``:
+        each image goes to its own, by the policy); 404 for one this version lacks."""
+        text = requested or self.config.bucket
+        if text == AUTO:
+            return None
+        bucket = parse_bucket(text)
+        if bucket is None or bucket not in self.runners:
+            names = [bucket_name(b) for b in self.buckets]
+            raise BucketNotFound(
+                f"model {self.name!r} version {self.version} has no bucket {text!r}; buckets: {names} or 'auto'"
+            )
+        return bucket
 
     def check_room(self, images: int, bucket: Bucket | None = None) -> None:
         """Raise what queueing ``images`` would raise: on ``bucket`` when given, else when no bucket has room."""

@@ -23,13 +23,11 @@ from PIL import Image
 
 from .backends.base import ModelInfo
 from .batching import DynamicBatcher, ItemResult
-from .buckets import Bucket, choose_bucket
 from .core.config import Settings
 from .core.errors import ClientDisconnected, DeadlineExceeded, InternalError, ServiceError
-from .imaging.decode import DecodedImage, decode_image
 from .imaging.encode import label_png, overlay_jpeg
 from .imaging.hf_segmentation import hf_segments
-from .imaging.letterbox import Letterbox, fit, letterbox, restore
+from .imaging.preprocess import Bucket, DecodedImage, Letterbox, choose_bucket, decode_image, fit, letterbox, restore
 from .imaging.rle import class_rles
 from .imaging.stats import class_stats_resized
 from .kserve_stats import ModelStatistics
@@ -51,7 +49,7 @@ class SegmentOptions:
     outputs: frozenset[str] = frozenset({"stats"})
     output_size: OutputSize = "original"
     apply_exif: bool = True
-    bucket: Bucket | None = None  # the input bucket every image goes to; None: each its own (buckets.py)
+    bucket: Bucket | None = None  # the input bucket every image goes to; None: each its own (imaging/preprocess.py)
 
 
 @dataclass
@@ -81,7 +79,7 @@ class RenderedImage:
 
 class Pipeline:
     """The stages for one model version: ``batchers`` holds one batcher per input bucket, and each image
-    is letterboxed into the bucket the policy of ``buckets.py`` picks (or the one its request names)."""
+    is letterboxed into the bucket the policy of ``imaging/preprocess.py`` picks (or the one its request names)."""
 
     def __init__(
         self,

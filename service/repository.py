@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .buckets import AUTO, parse_bucket
 from .core.config import ENGINE_SUFFIXES, ONNX_SUFFIXES
+from .imaging.preprocess import AUTO, parse_bucket
 
 CONFIG_NAME = "config.json"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -12,8 +12,8 @@ from typing import Any
 
 from .backends import Backend
 from .batching import BatchPolicy, DynamicBatcher
-from .buckets import bucket_name
 from .core.config import Settings
+from .imaging.preprocess import bucket_name
 from .metrics import ServiceMetrics
 from .model_registry import ModelRegistry
 from .model_version import ServedVersion
@@ -87,9 +87,6 @@ class Runtime:
     @property
     def pipeline(self) -> Pipeline:
         return self.default.pipeline
-
-    def resolve(self, model: str | None, version: str | None = None) -> ServedVersion:
-        return self.registry.resolve(model, version)
 
     def model_labels(self) -> dict[str, str]:
         served = self.default

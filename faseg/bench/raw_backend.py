@@ -27,8 +27,7 @@ def _process_cpu() -> float:
 
 def server_inputs(payloads: Sequence[Payload], settings: Any, input_size: tuple[int, int]) -> list[np.ndarray]:
     """The model inputs the server makes of ``payloads``: decoded and letterboxed by the service's code."""
-    from faseg.service.imaging.decode import decode_image
-    from faseg.service.imaging.letterbox import fit, letterbox
+    from faseg.service.imaging.preprocess import decode_image, fit, letterbox
 
     h, w = input_size
     tensors = []

@@ -108,7 +108,7 @@ class AdmissionMiddleware:
         else:
             model, version = request.query_params.get("model"), request.query_params.get("version")
         try:
-            target = runtime.resolve(model or None, version or None)
+            target = runtime.registry.resolve(model or None, version or None)
         except ServiceError:
             return None  # the route answers 404 / 503 first
         try:

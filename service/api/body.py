@@ -36,7 +36,6 @@ from ..core.errors import (
 from ..core.lifecycle import Lifecycle
 from ..model_version import ServedVersion
 from ..pipeline import PreparedImage, RenderedImage, SegmentOptions
-from ..runtime import Runtime
 
 IMAGE_FIELD = "image"
 MULTIPART = "multipart/form-data"
@@ -224,13 +223,12 @@ Job = TypeVar("Job", bound=SegmentJob)
 
 async def segment_request(
     request: Request,
-    runtime: Runtime,
+    target: ServedVersion,
     lifecycle: Lifecycle,
     read: Callable[[], Awaitable[Job]],
     *,
     fail_fast: bool,
     check_prepared: Callable[[Job, list[PreparedImage]], None] | None = None,
-    target: ServedVersion | None = None,
 ) -> tuple[Job, list[ImageOutcome]]:
     """Run one work request through the service: the job ``read`` returned and one outcome per image.
 
@@ -239,11 +237,10 @@ async def segment_request(
     ``fail_fast`` the first image error is raised (the request fails as a whole), otherwise every image gets
     its own outcome. ``check_prepared`` may refuse the decoded images before they are queued. A client that
     disconnects before its answers are ready gets ``ClientDisconnected`` and its queued images never run.
-    ``target`` is the model version the route resolved (default: the default model's latest ready version);
-    it is counted as in use until this returns, so unloading it waits for the request.
+    ``target`` is the model version the route resolved; it is counted as in use until this returns, so
+    unloading it waits for the request.
     """
     started = time.monotonic()
-    target = target or runtime.resolve(None)
     pipeline = target.pipeline
     with lifecycle.admit(), target.admit():
         target.check_room(1)  # shed load before reading the body

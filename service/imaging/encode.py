@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from .letterbox import Letterbox, restore
+from .preprocess import Letterbox, restore
 
 PALETTE_ENTRIES = 256
 

@@ -8,7 +8,7 @@ from typing import TypedDict
 
 import numpy as np
 
-from .letterbox import nearest_indices
+from .preprocess import nearest_indices
 
 
 class ClassStats(TypedDict):

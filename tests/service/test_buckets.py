@@ -1,4 +1,4 @@
-"""The bucket policy (service/buckets.py) and the repository layout reader (service/repository.py)."""
+"""The bucket policy (service/imaging/preprocess.py) and the repository layout reader (service/repository.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from faseg.service.buckets import bucket_name, choose_bucket, parse_bucket
+from faseg.service.imaging.preprocess import bucket_name, choose_bucket, parse_bucket
 from faseg.service.repository import ModelConfig, RepositoryError, read_model, scan_repository
 
 SQUARE, WIDE, TALL, BIG_SQUARE, BIG_WIDE = (256, 256), (256, 512), (512, 256), (512, 512), (512, 1024)

@@ -7,9 +7,8 @@ import io
 import numpy as np
 import pytest
 from faseg.service.core.errors import EmptyBody, ImageTooLarge, InvalidImage, UnsupportedMediaType
-from faseg.service.imaging.decode import decode_image, sniff_format
 from faseg.service.imaging.encode import label_png, read_label_png
-from faseg.service.imaging.letterbox import fit, letterbox, restore
+from faseg.service.imaging.preprocess import decode_image, fit, letterbox, restore, sniff_format
 from faseg.service.imaging.stats import class_stats
 from PIL import Image
 from service_images import encode

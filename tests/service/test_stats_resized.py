@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from faseg.service.imaging.letterbox import fit, restore
+from faseg.service.imaging.preprocess import fit, restore
 from faseg.service.imaging.stats import class_stats, class_stats_resized
 
 CLASSES = [f"c{i}" for i in range(12)]

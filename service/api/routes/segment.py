@@ -10,14 +10,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import StringConstraints
 
-from ...buckets import bucket_name
 from ...core.errors import InvalidParameter, ServiceError
+from ...imaging.preprocess import Bucket, bucket_name
 from ...model_version import ServedVersion
 from ...pipeline import OUTPUT_NAMES, PreparedImage, RenderedImage, SegmentOptions
+from ...runtime import Runtime
 from ..body import SegmentJob, read_images, segment_request
 from ..deps import LifecycleDep, MetricsDep, RuntimeDep
 from ..errors import count_rejection, error_body
-from ..model_choice import ModelChoiceDep, resolve_choice
 from ..schemas import ERROR_RESPONSES, BatchResponse, SegmentResponse
 
 router = APIRouter(prefix="/v1", tags=["segment"])
@@ -62,6 +62,36 @@ async def segment_params(  # async: no thread hop (see ..deps)
 
 
 SegmentParamsDep = Annotated[SegmentParams, Depends(segment_params)]
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model, version and input bucket a request goes to; unknown names are 404s that list the names
+    available (``/v2`` names them in the path and the ``bucket`` parameter instead)."""
+
+    model: str | None
+    version: str | None
+    bucket: str | None
+
+    def resolve(self, runtime: Runtime) -> tuple[ServedVersion, Bucket | None]:
+        served = runtime.registry.resolve(self.model, self.version)
+        return served, served.named_bucket(self.bucket)
+
+
+async def model_choice(  # async: no thread hop (see ..deps)
+    model: Annotated[str | None, Query(max_length=128, description="Model name. Default: the first model.")] = None,
+    version: Annotated[
+        str | None, Query(max_length=16, description="Model version. Default: its highest ready version.")
+    ] = None,
+    bucket: Annotated[
+        str | None,
+        Query(max_length=16, description="Input bucket 'HxW', or 'auto' (closest aspect ratio). Default: auto."),
+    ] = None,
+) -> ModelChoice:
+    return ModelChoice(model or None, version or None, bucket or None)
+
+
+ModelChoiceDep = Annotated[ModelChoice, Depends(model_choice)]
 
 
 def _image_body(multiple: bool) -> dict[str, Any]:
@@ -156,14 +186,14 @@ async def segment(
 
     With ``Accept: image/png`` and ``png`` among the outputs, the answer is the label PNG itself. The
     ``X-Model``, ``X-Model-Version`` and ``X-Bucket`` headers say what served it."""
-    served, bucket = resolve_choice(runtime, choice)
+    served, bucket = choice.resolve(runtime)
     options = replace(params.options, bucket=bucket)
 
     async def read() -> SegmentJob:
         blobs = await read_images(request, max_bytes=runtime.settings.max_body_bytes, max_images=1)
         return SegmentJob(blobs, options, params.timeout_ms)
 
-    _, [outcome] = await segment_request(request, runtime, lifecycle, read, fail_fast=True, target=served)
+    _, [outcome] = await segment_request(request, served, lifecycle, read, fail_fast=True)
     prepared, rendered = outcome.prepared, outcome.answer
     assert isinstance(prepared, PreparedImage) and isinstance(rendered, RenderedImage)  # fail_fast raised errors
     model = _model_fields(served)
@@ -203,14 +233,14 @@ async def segment_batch(
     Every image counts one toward batching and gets its own result or error; the answer is 200 unless the
     request as a whole is refused (body, parameters, queue, readiness)."""
     max_images = runtime.settings.max_images_per_request
-    served, bucket = resolve_choice(runtime, choice)
+    served, bucket = choice.resolve(runtime)
     options = replace(params.options, bucket=bucket)
 
     async def read() -> SegmentJob:
         blobs = await read_images(request, max_bytes=runtime.settings.max_body_bytes, max_images=max_images)
         return SegmentJob(blobs, options, params.timeout_ms)
 
-    _, outcomes = await segment_request(request, runtime, lifecycle, read, fail_fast=False, target=served)
+    _, outcomes = await segment_request(request, served, lifecycle, read, fail_fast=False)
     results: list[dict[str, Any]] = []
     for index, outcome in enumerate(outcomes):
         answer = outcome.answer

@@ -19,16 +19,15 @@ from fastapi.responses import JSONResponse, Response
 
 import faseg
 
-from ...buckets import bucket_name
 from ...core.errors import InvalidRequest, ServiceError, TooManyImages
 from ...core.lifecycle import Lifecycle
+from ...imaging.preprocess import bucket_name
 from ...kserve import HEADER_LENGTH, NUMPY_TO_V2, OutputTensor, bytes_elements, encode_response, parse_request
 from ...model_version import ServedVersion
 from ...pipeline import LABELS_OUTPUT, PreparedImage, RenderedImage, SegmentOptions
 from ...runtime import Runtime
 from ..body import SegmentJob, read_body, segment_request
 from ..deps import LifecycleDep, MetricsDep, RuntimeDep
-from ..model_choice import choose_bucket_of
 from ..schemas import V2ErrorResponse
 from .segment import MAX_TIMEOUT_MS, MIN_TIMEOUT_MS
 
@@ -48,7 +47,7 @@ ModelVersion = Annotated[str, Path(description="Model version (with --model FILE
 
 def _check_model(runtime: Runtime, model: str, version: str | None = None) -> ServedVersion:
     """The ready version a request names: 404 for an unknown model or version, 503 when not ready."""
-    return runtime.resolve(model, version or None)
+    return runtime.registry.resolve(model, version or None)
 
 
 def _model_readiness(runtime: Runtime, lifecycle: Lifecycle, model: str, version: str | None) -> JSONResponse:
@@ -331,11 +330,11 @@ async def _infer(model: str, version: str | None, request: Request, runtime: Run
     async def read() -> InferCall:
         body = await read_body(request, settings.max_body_bytes)
         call = parse_call(body, request.headers.get(HEADER_LENGTH), settings.max_images_per_request)
-        options = replace(call.options, bucket=choose_bucket_of(served, call.bucket))
+        options = replace(call.options, bucket=served.named_bucket(call.bucket))
         return replace(call, options=options)
 
     call, outcomes = await segment_request(
-        request, runtime, lifecycle, read, fail_fast=True, check_prepared=_check_one_size, target=served
+        request, served, lifecycle, read, fail_fast=True, check_prepared=_check_one_size
     )
     # The protocol has no per-image errors: fail_fast raised the first one.
     rendered = [o.answer for o in outcomes if isinstance(o.answer, RenderedImage)]

@@ -1,23 +1,42 @@
-"""Decoding untrusted image bytes.
+"""From untrusted image bytes to the model input: decode, choose the input bucket, letterbox (and, after
+inference, :func:`restore` maps the labels back onto the image).
 
-Order of checks, cheapest first: the format is sniffed from the magic bytes and only JPEG, PNG and WebP
-reach Pillow (and only their own plugin); the size is read from the header by the lazy ``Image.open``
+Decoding checks the cheapest things first: the format is sniffed from the magic bytes and only JPEG, PNG and
+WebP reach Pillow (and only their own plugin); the size is read from the header by the lazy ``Image.open``
 and checked against the pixel cap before ``load()``; then the image is decoded, its EXIF orientation
 applied and its mode converted explicitly to RGB.
+
+Input shape buckets: a model version may be exported at several input sizes (one file per bucket). Each
+image goes to the bucket that loses the least (docs/service.md, "Buckets"):
+
+1. the closest aspect ratio (distance |log(w/h) − log(W/H)|, so 2:1 and 1:2 are equally far from 1:1);
+2. among the buckets with that aspect ratio, the smallest one that is not smaller than the image (both sides
+   at least the image's), so no detail is thrown away and no compute is spent on upscaling;
+3. when none is that large, the largest of them.
+
+A request may name a bucket (``bucket=HxW``) instead of ``auto``.
+
+Letterbox: the image is scaled, keeping its aspect ratio, to fit inside the bucket and placed at the
+top-left corner of a black canvas; ``Letterbox`` remembers where, so label maps can be cropped to the image
+and resized to its original size afterwards.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import re
 import struct
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..core.errors import EmptyBody, ImageTooLarge, InvalidImage, ServiceError, UnsupportedMediaType
+
+# --- decode ------------------------------------------------------------------------------------------------
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 EXIF_ORIENTATION_TAG = 0x0112
@@ -142,3 +161,90 @@ def _draft(image: Image.Image, size: tuple[int, int], target: tuple[int, int], *
     scale = min(tw / w, th / h)
     if scale < 0.5:
         image.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+
+
+# --- input buckets -----------------------------------------------------------------------------------------
+
+Bucket = tuple[int, int]  # (height, width) of the model input
+AUTO = "auto"
+_BUCKET = re.compile(r"^\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*$")
+# Aspect ratios closer than this (in log space) count as equal: 256x512 and 250x500 are both 1:2.
+ASPECT_TOLERANCE = 1e-3
+
+
+def bucket_name(bucket: Bucket) -> str:
+    """(256, 512) → "256x512" (height × width, as the files' input sizes are written)."""
+    return f"{bucket[0]}x{bucket[1]}"
+
+
+def parse_bucket(text: str) -> Bucket | None:
+    """ "256x512" → (256, 512); None when ``text`` is not HxW."""
+    match = _BUCKET.match(text)
+    if match is None:
+        return None
+    return int(match[1]), int(match[2])
+
+
+def _aspect_distance(image_size: tuple[int, int], bucket: Bucket) -> float:
+    w, h = image_size
+    return abs(math.log(w / h) - math.log(bucket[1] / bucket[0]))
+
+
+def choose_bucket(image_size: tuple[int, int], buckets: Sequence[Bucket]) -> Bucket:
+    """The bucket an image of ``image_size`` (width, height) goes to, by the policy above."""
+    if not buckets:
+        raise ValueError("a model version has at least one bucket")
+    if len(buckets) == 1:
+        return buckets[0]
+    closest = min(_aspect_distance(image_size, b) for b in buckets)
+    same_shape = [b for b in buckets if _aspect_distance(image_size, b) <= closest + ASPECT_TOLERANCE]
+    w, h = image_size
+    covering = [b for b in same_shape if b[0] >= h and b[1] >= w]
+    if covering:
+        return min(covering, key=lambda b: (b[0] * b[1], b))
+    return max(same_shape, key=lambda b: (b[0] * b[1], b))
+
+
+# --- letterbox ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    original_size: tuple[int, int]  # (width, height) of the image as the user sees it
+    content_size: tuple[int, int]  # (width, height) of the scaled image inside the model input
+    input_size: tuple[int, int]  # (height, width) of the model input
+
+
+def fit(original_size: tuple[int, int], input_size: tuple[int, int]) -> Letterbox:
+    """Where an image of ``original_size`` (W, H) lands in a model input of ``input_size`` (H, W)."""
+    w, h = original_size
+    in_h, in_w = input_size
+    scale = min(in_w / w, in_h / h)
+    content = (min(in_w, max(1, round(w * scale))), min(in_h, max(1, round(h * scale))))
+    return Letterbox(original_size=original_size, content_size=content, input_size=input_size)
+
+
+def letterbox(image: Image.Image, box: Letterbox) -> np.ndarray:
+    """The model input for ``image`` (RGB, any size): uint8 (H, W, 3)."""
+    in_h, in_w = box.input_size
+    canvas = np.zeros((in_h, in_w, 3), dtype=np.uint8)
+    cw, ch = box.content_size
+    resized = image if image.size == (cw, ch) else image.resize((cw, ch), Image.Resampling.BILINEAR)
+    canvas[:ch, :cw] = np.asarray(resized)
+    return canvas
+
+
+def nearest_indices(src: int, dst: int) -> np.ndarray:
+    """Source index of each destination pixel for a nearest-neighbour resize (pixel centres aligned)."""
+    return np.minimum(((np.arange(dst) + 0.5) * (src / dst)).astype(np.int64), src - 1)
+
+
+def restore(labels: np.ndarray, box: Letterbox, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Crop a model-resolution map (H, W) to the image and resize it (nearest) to ``size`` (W, H);
+    ``size=None`` keeps the cropped model resolution."""
+    cw, ch = box.content_size
+    crop = labels[:ch, :cw]
+    if size is None or size == (cw, ch):
+        return np.ascontiguousarray(crop)
+    w, h = size
+    return crop.take(nearest_indices(ch, h), axis=0).take(nearest_indices(cw, w), axis=1)
