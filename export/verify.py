@@ -321,6 +321,27 @@ def _run_onnxruntime(
     return result
 
 
+def _tensorrt_comparison(
+    onnx_path: Path,
+    engine_path: Path | None,
+    tensorrt: str,
+    images: np.ndarray,
+    batch_size: int,
+    reference: dict[str, np.ndarray],
+    tol: Tolerances,
+) -> tuple[Comparison, bool]:
+    """The TensorRT comparison and whether it lets the verification pass: "unavailable" passes unless TensorRT
+    was required (``--tensorrt on`` or an ``engine``)."""
+    if engine_path is not None and not engine_path.is_file():
+        raise VerifyError(f"TensorRT engine {str(engine_path)!r} does not exist")
+    required = engine_path is not None or tensorrt == "on"
+    if tensorrt == "off" and engine_path is None:
+        trt = Comparison(status="unavailable: disabled (--tensorrt off)")
+    else:
+        trt = _run_tensorrt(onnx_path, engine_path, images, batch_size, reference, tol)
+    return trt, trt.status == "ok" or (trt.status.startswith("unavailable") and not required)
+
+
 def verify(
     onnx_path: str | os.PathLike[str],
     checkpoint: str | os.PathLike[str] | None = None,
@@ -372,15 +393,7 @@ def verify(
 
     ort = _run_onnxruntime(session, images, batch_size, reference, tol)
     engine_path = Path(engine) if engine is not None else None
-    if engine_path is not None and not engine_path.is_file():
-        raise VerifyError(f"TensorRT engine {str(engine_path)!r} does not exist")
-    trt_required = engine_path is not None or tensorrt == "on"
-    if tensorrt == "off" and engine_path is None:
-        trt = Comparison(status="unavailable: disabled (--tensorrt off)")
-    else:
-        trt = _run_tensorrt(onnx_path, engine_path, images, batch_size, reference, tol)
-
-    trt_ok = trt.status == "ok" or (trt.status.startswith("unavailable") and not trt_required)
+    trt, trt_ok = _tensorrt_comparison(onnx_path, engine_path, tensorrt, images, batch_size, reference, tol)
     passed = ort.status == "ok" and trt_ok
     torch_report: dict[str, Any] = {
         "seconds": round(torch_seconds, 3),
