@@ -9,7 +9,9 @@ then as the median over the timed runs:
 - ``by_op``: op type as executed (``QLinearConv`` / ``ConvInteger`` ... when ORT fused a QDQ pair; a leftover
   ``QuantizeLinear`` / ``DequantizeLinear`` is a pair ORT did not fuse);
 - ``by_part``: backbone / pixel decoder / transformer decoder / serving head, from the exporter's scoped
-  node names (``/backbone/...``, ``/pixel_decoder/...``, ``/predictor/...``; the rest is the head);
+  node names (``/backbone/...``, ``/pixel_decoder/...``, ``/predictor/...``; the rest is the head, which so
+  also holds the nodes the export's ``optimize`` step names ``faseg_opt/...``: the mask-logit products of every
+  decoder layer as well as the head's class scores);
 - ``by_part_op``: the two together, the top entries only;
 
 plus each file's wall-clock and process-CPU medians (the CPU time is steadier on a shared machine) and the
