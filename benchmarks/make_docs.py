@@ -3,7 +3,8 @@
 
     .venv/bin/python benchmarks/make_docs.py            # rewrite docs/benchmarks.md and docs/img/bench_*.png
 
-Understood result kinds (the ``benchmark`` field): ``bench_service`` (faseg bench service), ``bench_model``
+Understood result kinds (the ``benchmark`` field): ``profile_ort`` (benchmarks/profile_ort.py),
+``bench_service`` (faseg bench service), ``bench_model``
 (faseg bench model), ``hf_compare`` (benchmarks/hf_compare.py), ``client_overhead``
 (benchmarks/client_overhead.py), ``ort_spinning`` (benchmarks/ort_spinning.py), ``service_cpu_overhead``
 (benchmarks/service_cpu_overhead.py), ``bench_export``
@@ -440,6 +441,21 @@ def render_int8(path: Path, data: dict[str, Any], img: Path) -> str:
     return "\n".join(parts)
 
 
+def render_profile(path: Path, data: dict[str, Any], img: Path) -> str:
+    title = f"ONNX Runtime profile, batch {data.get('batch')}, {data.get('threads')} threads, {data.get('input_size')}"
+    parts = [f"### {title}", _source(path, data)]
+    rows = [
+        [name, f["precision"], f["wall_median_ms"], f.get("process_cpu_median_ms", "–"), f["nodes_total_ms"],
+         _fmt(f.get("labels_equal_to_first_file"), 5),
+         ", ".join(f"{part} {ms:.0f}" for part, ms in f["by_part_ms"].items()),
+         ", ".join(f"{op} {ms:.0f}" for op, ms in list(f["by_op_ms"].items())[:6])]
+        for name, f in data["files"].items()
+    ]  # fmt: skip
+    header = ["file", "precision", "wall ms", "CPU ms", "nodes ms", "labels = first", "by part (ms)", "top ops (ms)"]
+    parts.append(f"\nMedians of {data.get('runs')} interleaved, profiled runs:\n\n" + _table(header, rows))
+    return "\n".join(parts)
+
+
 def kind_of(data: dict[str, Any]) -> str | None:
     if data.get("schema") == "faseg.loadtest/1":
         return "loadtest"
@@ -458,6 +474,7 @@ SECTIONS: list[tuple[str, str, Callable[[Path, dict[str, Any], Path], str]]] = [
     ("verify_matrix", "Export parity: faseg verify matrix", render_verify),
     ("bench_cpu", "CPU serving paths: int8, OpenVINO and HF side by side", render_cpu),
     ("int8_accuracy", "int8 accuracy (demo model)", render_int8),
+    ("profile_ort", "ONNX Runtime CPU profiles (where the time goes, fp32 vs int8)", render_profile),
 ]
 
 

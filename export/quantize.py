@@ -47,6 +47,9 @@ from .session import SessionConfig, session_options
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 CALIBRATION_METHODS = ("minmax",)
+#: Ops whose output stays float: ONNX Runtime then runs DQ → MatMul as ``MatMulIntegerToFloat`` (fp32 out,
+#: bias Add fused) instead of an int8 ``QLinearMatMul`` followed by a DequantizeLinear and a float Add.
+FLOAT_OUTPUT_OPS = ("MatMul",)
 DEFAULT_CALIBRATION_IMAGES = 16
 
 #: Node groups, first match wins (on the exporter's scoped node names). ``weights`` = a MatMul / Gemm / Conv
@@ -215,6 +218,23 @@ def fold_weight_identities(proto: Any) -> int:
     return len(alias)
 
 
+def read_shapes_before_dequantize(proto: Any) -> int:
+    """Point every ``Shape`` that reads a ``DequantizeLinear`` output at that node's input; return how many.
+
+    The quantiser rewires *every* reader of a quantised tensor to its ``DequantizeLinear``, ``Shape`` nodes
+    included, so ONNX Runtime keeps that DequantizeLinear (a full pass over the tensor) alive after fusing the
+    pair into an int8 kernel, only for its shape. Quantise / dequantise keep the shape, so the rewired graph
+    computes the same values.
+    """
+    dequantized = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    count = 0
+    for node in proto.graph.node:
+        if node.op_type == "Shape" and node.input[0] in dequantized:
+            node.input[0] = dequantized[node.input[0]]
+            count += 1
+    return count
+
+
 def node_group(node: Any, weights: set[str]) -> str:
     """The sensitivity group of a Conv / MatMul / Gemm node (see :data:`GROUPS`)."""
     for group, scope in _SCOPES:
@@ -359,10 +379,12 @@ def quantize_int8(
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
                 calibration_cache_path=cache,
+                extra_options={"OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS)},
             )
         finally:
             quiet.setLevel(level)
         quantized = onnx.load_model(str(out))
+    read_shapes_before_dequantize(quantized)
     quantized.ir_version = min(quantized.ir_version, proto.ir_version)
     del quantized.graph.value_info[:]  # the check step infers them again
     report.qdq_nodes = dict(

@@ -138,11 +138,17 @@ def test_metadata(exported, tiny_checkpoint: Path) -> None:
 
 
 def test_head_is_optimized(exported) -> None:
-    """OptimizeHead: every Einsum became MatMul, ReduceMax + ArgMax became one TopK(k=1)."""
+    """OptimizeHead: every Einsum became MatMul, ReduceMax + ArgMax became one TopK(k=1) over class-last scores."""
     ops = {n.op_type for n in onnx.load(str(exported.path)).graph.node}
     assert not ops & {"Einsum", "ArgMax", "ReduceMax"}
     details = next(s.details for s in exported.steps if s.step == "optimize")
     assert details["einsum_to_matmul"] >= 2 and details["max_argmax_to_topk"] == 1
+    # the semantic scores come out class-last, so the label / confidence TopK runs over the contiguous axis
+    assert details["scores_class_last"] == 1
+    proto = onnx.load(str(exported.path))
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    label_topk = producers[producers[producers["labels"].input[0]].input[0]]
+    assert label_topk.op_type == "TopK" and {a.name: a.i for a in label_topk.attribute}["axis"] == 2
 
 
 @pytest.mark.only_flavour("portable")

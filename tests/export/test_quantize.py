@@ -25,6 +25,7 @@ from faseg.export.quantize import (
     calibration_images,
     fold_weight_identities,
     quantizable_nodes,
+    read_shapes_before_dequantize,
 )
 from faseg.export.session import OrtSession, SessionConfig
 from faseg.export.verify import TOLERANCES, default_checkpoint, verify
@@ -98,6 +99,11 @@ def test_int8_graph_quantises_convs_and_matmuls_and_keeps_the_rest_float(int8_ex
         assert convs and not any(reads_int8(n) for n in convs) and group in FLOAT_GROUPS
     if flavour == "plugin":
         assert any(n.domain == custom_ops.DOMAIN for n in model.graph.node)
+    # speed (benchmarks/profile_ort.py): no Shape keeps a DequantizeLinear alive, and the quantised MatMuls hand out
+    # float (ONNX Runtime's MatMulIntegerToFloat), not a requantised output that is dequantised again
+    assert not [n.name for n in model.graph.node if n.op_type == "Shape" and reads_int8(n)]
+    requantised = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert not [n.name for n in quantised if n.op_type == "MatMul" and n.output[0] in requantised]
 
 
 def test_int8_metadata_records_precision_and_calibration(int8_export) -> None:
@@ -252,3 +258,23 @@ def test_shared_weights_are_folded_so_they_quantise_as_weights() -> None:
         "/predictor/layer.1/MatMul": "decoder linear",
         "/predictor/self_attn/MatMul_3": "decoder attention products",
     }
+
+
+def test_shapes_read_the_quantised_tensor_not_its_dequantised_copy() -> None:
+    from onnx import TensorProto, helper
+
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(0, np.uint8), "z")
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xdq"], name="dq"),
+        helper.make_node("Relu", ["xdq"], ["y"], name="relu"),
+        helper.make_node("Shape", ["xdq"], ["shape"], name="shape_of_dq"),
+        helper.make_node("Shape", ["y"], ["shape_y"], name="shape_of_y"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    outs = [helper.make_tensor_value_info(name, TensorProto.INT64, [2]) for name in ("shape", "shape_y")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs, initializer=[scale, zero]))
+    assert read_shapes_before_dequantize(model) == 1
+    assert [n.input[0] for n in model.graph.node if n.op_type == "Shape"] == ["xq", "y"]
+    onnx.checker.check_model(model)
