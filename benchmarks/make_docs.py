@@ -9,7 +9,8 @@ Understood result kinds (the ``benchmark`` field): ``profile_ort`` (benchmarks/p
 (benchmarks/client_overhead.py), ``ort_spinning`` (benchmarks/ort_spinning.py), ``service_cpu_overhead``
 (benchmarks/service_cpu_overhead.py), ``bench_export``
 (benchmarks/bench_export.py), ``verify_matrix`` (benchmarks/verify_matrix.py), ``bench_cpu``
-(benchmarks/bench_cpu.py), ``int8_accuracy`` (benchmarks/int8_accuracy.py), and ``faseg loadtest``
+(benchmarks/bench_cpu.py), ``int8_accuracy`` (benchmarks/int8_accuracy.py), ``service_int8``
+(benchmarks/service_int8.py), soak runs (benchmarks/soak.py, schema ``faseg.soak/1``) and ``faseg loadtest``
 reports (``report.json``, schema ``faseg.loadtest/1``).
 Other files are listed by name only. Plots need matplotlib; without it the tables are written alone.
 """
@@ -456,9 +457,58 @@ def render_profile(path: Path, data: dict[str, Any], img: Path) -> str:
     return "\n".join(parts)
 
 
+def _cpu_ms(phase: dict[str, Any], key: str) -> float | None:
+    return (phase.get(key) or {}).get("ms_per_request")
+
+
+def render_soak(path: Path, data: dict[str, Any], img: Path) -> str:
+    settings, soak, checks, capacity = data["settings"], data["soak"], data["checks"], data["capacity"] or {}
+    retry = "ignoring Retry-After" if settings["ignore_retry_after"] else "honouring Retry-After"
+    title = f"{data.get('label', 'soak')}: {settings['duration_s'] / 60:g} min at {settings['multiple']:g}× capacity"
+    parts = [f"### {title}, {settings['clients']} clients {retry}", _source(path, data)]
+    cap_latency = capacity.get("valid_latency_ms") or {}
+    rows = [
+        ["capacity (closed loop, valid only)", capacity.get("valid_goodput_per_s"), cap_latency.get("p50"),
+         cap_latency.get("p99"), _cpu_ms(capacity, "server_cpu"), _cpu_ms(capacity, "client_cpu")],
+        ["soak (mixed)", soak["valid_goodput_per_s"], soak["valid_latency_ms"]["p50"], soak["valid_latency_ms"]["p99"],
+         _cpu_ms(soak, "server_cpu"), _cpu_ms(soak, "client_cpu")],
+    ]  # fmt: skip
+    header = ["phase", "valid images/s", "p50 ms", "p99 ms", "server CPU ms / request", "client CPU ms / request"]
+    parts.append("\n" + _table(header, rows))
+    rss, heap = checks["rss"] or {}, checks["python_heap"] or {}
+    parts.append(
+        f"\nGoodput ratio {checks['goodput_ratio']}; {soak['requests']} requests, statuses "
+        f"`{json.dumps(soak['statuses'])}`; 5xx {soak['server_errors_5xx']}. RSS from {rss.get('baseline_s')} s: "
+        f"{rss.get('start_mb')} → {rss.get('end_mb')} MB ({rss.get('growth_percent')} %, peak {rss.get('peak_mb')}); "
+        f"Python heap {heap.get('start_mb', '–')} → {heap.get('end_mb', '–')} MB. Ready after: "
+        f"{checks['ready_after']}, same answer: {checks['same_answer']}, exit code after SIGTERM: "
+        f"{data.get('server_exit_code')}."
+    )
+    return "\n".join(parts)
+
+
+def render_service_int8(path: Path, data: dict[str, Any], img: Path) -> str:
+    settings = data["settings"]
+    parts = [f"### Demo model over HTTP, int8 vs fp32, concurrency {settings['concurrency']}", _source(path, data)]
+    rows = [
+        [r["round"], r["precision"], r["images_per_s"], r["p50_ms"], r["server_cpu_ms_per_image"], r["mean_batch_size"]]
+        for r in data["rounds"]
+    ]
+    header = ["round", "precision", "images/s", "p50 ms", "server CPU ms / image", "mean batch"]
+    parts.append("\n" + _table(header, rows))
+    parts.append(
+        f"\nint8 / fp32 images/s per pair {[r['images_per_s'] for r in data['ratios_per_pair']]}, median "
+        f"{data['median_ratio_images_per_s']} (target {data['target_images_per_s_ratio']}); fp32 / int8 server CPU "
+        f"per image, median {data['median_ratio_server_cpu_per_image']}."
+    )
+    return "\n".join(parts)
+
+
 def kind_of(data: dict[str, Any]) -> str | None:
     if data.get("schema") == "faseg.loadtest/1":
         return "loadtest"
+    if data.get("schema") == "faseg.soak/1":
+        return "soak"
     return data.get("benchmark")
 
 
@@ -475,6 +525,8 @@ SECTIONS: list[tuple[str, str, Callable[[Path, dict[str, Any], Path], str]]] = [
     ("bench_cpu", "CPU serving paths: int8, OpenVINO and HF side by side", render_cpu),
     ("int8_accuracy", "int8 accuracy (demo model)", render_int8),
     ("profile_ort", "ONNX Runtime CPU profiles (where the time goes, fp32 vs int8)", render_profile),
+    ("service_int8", "int8 vs fp32 over HTTP (demo model)", render_service_int8),
+    ("soak", "Soak and overload runs", render_soak),
 ]
 
 

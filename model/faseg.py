@@ -25,9 +25,11 @@ class SemSegHead(nn.Module):
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor
 
-    def forward(self, features: dict[str, Tensor], trace: bool = False) -> DecoderOutput:
+    def forward(self, features: dict[str, Tensor], trace: bool = False, aux_outputs: bool = True) -> DecoderOutput:
         pix = self.pixel_decoder(features)
-        out = self.predictor(pix.multi_scale_features, pix.mask_features, pix.pos, trace=trace)
+        out = self.predictor(
+            pix.multi_scale_features, pix.mask_features, pix.pos, trace=trace, aux_outputs=aux_outputs
+        )
         out.focus = pix.focus
         return out
 
@@ -38,7 +40,8 @@ class FASeg(nn.Module):
     ``forward(images)``: images (B, 3, H, W) float RGB on the 0–255 scale, H and W multiples of
     ``cfg.size_divisibility`` (pad bottom/right first; :func:`faseg.model.inference.pad_to_multiple`).
     Returns a :class:`DecoderOutput`: ``pred_logits`` (B, Q, K+1), ``pred_masks`` (B, Q, H/4, W/4) and
-    ``aux_outputs`` (every earlier prediction; used by the training criterion).
+    ``aux_outputs`` (every earlier prediction; used by the training criterion). ``aux_outputs=False`` skips
+    them, and the full-resolution masks they need (serving: :class:`faseg.model.inference.ServingHead`).
     """
 
     def __init__(self, cfg: ModelConfig, backbone: Backbone, sem_seg_head: SemSegHead) -> None:
@@ -70,10 +73,10 @@ class FASeg(nn.Module):
     def normalize(self, images: Tensor) -> Tensor:
         return (images.float() - self.pixel_mean) / self.pixel_std
 
-    def forward(self, images: Tensor, trace: bool = False) -> DecoderOutput:
+    def forward(self, images: Tensor, trace: bool = False, aux_outputs: bool = True) -> DecoderOutput:
         self.check_input(images)
         features = self.backbone(self.normalize(images))
-        return self.sem_seg_head(features, trace=trace)
+        return self.sem_seg_head(features, trace=trace, aux_outputs=aux_outputs)
 
 
 def build_model(cfg: ModelConfig) -> FASeg:

@@ -72,7 +72,7 @@ class ServingHead(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         x = images.permute(0, 3, 1, 2).float()  # (B, 3, H, W)
-        out = self.model(x)
+        out = self.model(x, aux_outputs=False)  # only the last prediction is served
         h, w = x.shape[-2:]
         semseg = semantic_inference(out.pred_logits, out.pred_masks, (h, w))
         labels, confidence = labels_and_confidence(semseg, self.model.num_classes)

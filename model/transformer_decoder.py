@@ -174,9 +174,19 @@ def unmask_full_rows(attn_mask: Tensor) -> Tensor:
     return attn_mask & ~attn_mask.all(dim=-1, keepdim=True)
 
 
-def resize_mask_logits(mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """(B, Q, h, w) -> (B, Q, H·W) bilinear (align_corners=False) resize to a memory level, flattened."""
-    return F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False).flatten(2)
+def resize_features(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, C, h, w) -> (B, C, H, W): the bilinear (align_corners=False) resize to a memory level."""
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+
+
+def resize_mask_logits(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, Q, h, w) -> (B, Q, H·W) resized to a memory level, flattened."""
+    return resize_features(masks, size).flatten(2)
+
+
+def mask_logits(mask_embed: Tensor, mask_features: Tensor) -> Tensor:
+    """(B, Q, D) embeddings × (B, D, h, w) features -> (B, Q, h, w) mask logits."""
+    return torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
 
 
 class MaskedTransformerDecoder(nn.Module):
@@ -213,17 +223,27 @@ class MaskedTransformerDecoder(nn.Module):
         slot = i % self.cycle
         return "hr" if slot == 3 else slot
 
-    def _predict(self, queries: Tensor, mask_features: Tensor) -> tuple[Tensor, Tensor]:
-        """queries (B, Q, C), mask_features (B, D, h, w) -> class logits (B, Q, K+1), mask logits (B, Q, h, w)."""
+    def _heads(self, queries: Tensor) -> tuple[Tensor, Tensor]:
+        """queries (B, Q, C) -> class logits (B, Q, K+1), mask embeddings (B, Q, D)."""
         x = self.decoder_norm(queries)
-        mask_embed = self.mask_embed(x)  # (B, Q, D)
-        return self.class_embed(x), torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        return self.class_embed(x), self.mask_embed(x)
 
     def forward(
-        self, features: list[Tensor], mask_features: Tensor, pos: list[Tensor], trace: bool = False
+        self,
+        features: list[Tensor],
+        mask_features: Tensor,
+        pos: list[Tensor],
+        trace: bool = False,
+        aux_outputs: bool = True,
     ) -> DecoderOutput:
         """features / pos: per level (B, C, H_l, W_l), low resolution first ([1/32, 1/16, 1/8] + [1/4] with
-        HRCA); mask_features (B, D, H/4, W/4)."""
+        HRCA); mask_features (B, D, H/4, W/4).
+
+        ``aux_outputs=False`` (serving): the earlier predictions are not returned, so their masks are never made
+        at H/4 × W/4. Each is needed only resized to a memory level (the next layer's attention mask, the
+        positional queries), and a bilinear resize is linear: resize(e · M) = e · resize(M). So the mask
+        features are resized once per level and each mask is computed there, the same logits up to rounding
+        for a fraction of the multiply-adds (the official code computes them at H/4 and resizes)."""
         expected = self.cycle
         if len(features) != expected or len(pos) != expected:
             raise ValueError(
@@ -241,10 +261,20 @@ class MaskedTransformerDecoder(nn.Module):
             hr_feat = features[3] + self.level_embed.weight[3].view(1, -1, 1, 1)  # (B, C, H/4, W/4)
             hr_pos = pos[3]
 
+        level_mask_features = None if aux_outputs else [resize_features(mask_features, size) for size in sizes]
+
+        def masks_at(embed: Tensor, full: Tensor | None, lvl: int) -> Tensor:
+            """One prediction's mask logits at memory level ``lvl``, flattened (B, Q, S_lvl)."""
+            if full is not None:
+                return resize_mask_logits(full, sizes[lvl])
+            assert level_mask_features is not None
+            return mask_logits(embed, level_mask_features[lvl]).flatten(2)
+
         output = self.query_feat.weight.unsqueeze(0).expand(b, -1, -1)  # (B, Q, C)
-        logits, masks = self._predict(output, mask_features)
+        logits, embed = self._heads(output)
+        masks = mask_logits(embed, mask_features) if aux_outputs else None
         predictions = [(logits, masks)]
-        mask_l0 = resize_mask_logits(masks, sizes[0])  # (B, Q, S0)
+        mask_l0 = masks_at(embed, masks, 0)  # (B, Q, S0)
         attn_mask = below_probability(mask_l0, self.cfg.mask_threshold).unsqueeze(1)  # (B, 1, Q, S0)
         query_pos, anchor = self.pos_queries.initial(b, mask_l0, key_pos[0])
         coarse_attn: Tensor | None = None
@@ -271,17 +301,21 @@ class MaskedTransformerDecoder(nn.Module):
                 )
             output = self.transformer_self_attention_layers[i](output, query_pos)
             output = self.transformer_ffn_layers[i](output)
-            logits, masks = self._predict(output, mask_features)
+            logits, embed = self._heads(output)
+            last = i + 1 == self.num_layers
+            masks = mask_logits(embed, mask_features) if aux_outputs or last else None
             predictions.append((logits, masks))
 
             next_level = self._level(i + 1)
-            if i + 1 < self.num_layers and next_level != "hr":
+            if not last and next_level != "hr":
                 # The official code also builds a 1/4-size mask before HR layers and never uses it; skipped.
-                next_logits = resize_mask_logits(masks, sizes[next_level])
+                assert isinstance(next_level, int)
+                next_logits = masks_at(embed, masks, next_level)
                 attn_mask = below_probability(next_logits, self.cfg.mask_threshold).unsqueeze(1)
             if level != "hr":
+                assert isinstance(level, int)
                 at_level = (
-                    resize_mask_logits(masks, sizes[level]) if self.pos_queries.mode == "dynamic_foreground" else None
+                    masks_at(embed, masks, level) if self.pos_queries.mode == "dynamic_foreground" else None
                 )
                 query_pos, anchor = self.pos_queries.update(query_pos, anchor, attn, key_pos[level], output, at_level)
             if layer_trace is not None:
@@ -290,7 +324,8 @@ class MaskedTransformerDecoder(nn.Module):
                 traces.append(layer_trace)
 
         final_logits, final_masks = predictions[-1]
-        aux = [{"pred_logits": lg, "pred_masks": mk} for lg, mk in predictions[:-1]]
+        assert final_masks is not None
+        aux = [{"pred_logits": lg, "pred_masks": mk} for lg, mk in predictions[:-1]] if aux_outputs else []
         return DecoderOutput(final_logits, final_masks, aux, traces)
 
     def _hr_indices(self, coarse_attn: Tensor, feat: Tensor, pos: Tensor, level0_hw: tuple[int, int]) -> Tensor:

@@ -263,3 +263,24 @@ def test_semantic_inference_official_order() -> None:
             full = sum(probs[b, q, c] * up[b, q] for q in range(5))[:30, :40]
             ref = F.interpolate(full[None, None], size=(15, 20), mode="bilinear", align_corners=False)[0, 0]
             torch.testing.assert_close(out[b, c], ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("queries", "hrca"), [("dfpq", "window"), ("dynamic_foreground", "bilinear"), ("dfpq", "off")])
+def test_serving_path_without_aux_outputs_gives_the_same_masks(queries: str, hrca: str) -> None:
+    # aux_outputs=False computes each earlier mask at its memory level (the mask features resized once per level)
+    # instead of at H/4 then resized: the same logits up to rounding, the same attention masks, the same output.
+    torch.manual_seed(0)
+    overrides = [f"decoder.positional_queries={queries}", f"decoder.hrca={hrca}", "decoder.dec_layers=6"]
+    model = build_model(get_preset("faseg_tiny", overrides)).eval()
+    _perturb_zero_init(model)
+    x = _images(2, 256, 256)  # HRCA needs S0 ≥ 32 tokens at 1/32
+    with torch.no_grad():
+        full = model(x, trace=True)
+        lean = model(x, trace=True, aux_outputs=False)
+    assert lean.aux_outputs == [] and len(full.aux_outputs) == 6
+    torch.testing.assert_close(lean.pred_logits, full.pred_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(lean.pred_masks, full.pred_masks, rtol=1e-4, atol=1e-4)
+    masked = [(a, b) for a, b in zip(full.trace, lean.trace, strict=True) if a.attn_mask is not None]
+    assert masked, "no masked layer traced"
+    for a, b in masked:
+        assert b.attn_mask is not None and torch.equal(a.attn_mask, b.attn_mask)
