@@ -58,13 +58,17 @@ class MSDeformAttn(nn.Module):
         """query (B, Lq, C); reference_points (B, Lq, L, 2) normalised (x, y); value_in (B, S, C) -> (B, Lq, C)."""
         b, n_q, _ = query.shape
         value = self.value_proj(value_in).view(b, value_in.shape[1], self.n_heads, -1)  # (B, S, Nh, Dh)
-        offsets = self.sampling_offsets(query).view(b, n_q, self.n_heads, self.n_levels, self.n_points, 2)
         weights = self.attention_weights(query).view(b, n_q, self.n_heads, self.n_levels * self.n_points)
         weights = weights.softmax(-1).view(b, n_q, self.n_heads, self.n_levels, self.n_points)
+        # locations = reference point + offset / (W_l, H_l), computed on the flat (B, Lq, Nh·L·P·2) layout the
+        # Linear writes, with the reference points and normaliser repeated along it: the same divisions and
+        # sums as broadcasting over (Nh, P), but as element-wise ops whose broadcast is over whole rows
+        # (ONNX Runtime's CPU Add / Div ran ~10× slower broadcasting pairs of (x, y) inside a 6-D tensor).
+        per_level = (self.n_heads, self.n_levels, self.n_points, 2)
         normalizer = torch.tensor([(w, h) for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
-        locations = (
-            reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
-        )  # (B, Lq, Nh, L, P, 2)
+        normalizer = normalizer[None, :, None, :].expand(per_level).reshape(-1)  # (Nh·L·P·2,)
+        reference = reference_points[:, :, None, :, None, :].expand(b, n_q, *per_level).reshape(b, n_q, -1)
+        locations = (reference + self.sampling_offsets(query) / normalizer).view(b, n_q, *per_level)
         return self.output_proj(ms_deform_attn(value, spatial_shapes, locations, weights))
 
 
