@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -52,12 +51,16 @@ def ms_deform_attn_reference(
         raise ValueError(f"value has {s} tokens but spatial_shapes {list(spatial_shapes)} sum differently")
     values = value.split([h * w for h, w in spatial_shapes], dim=1)
     grids = 2.0 * sampling_locations - 1.0
-    sampled = []
+    weights = attention_weights.transpose(1, 2).reshape(b * n_heads, 1, n_q, n_levels, n_points)
+    # The weighted sum level by level, (B·Nh, Dh, Lq) each: no (…, Lq, L·P) concatenation of the samples (in an
+    # ONNX graph a Concat copying P floats at a time, slower on CPU than the sampling itself).
+    level_sums = []
     for lvl, (h, w) in enumerate(spatial_shapes):
         v = values[lvl].flatten(2).transpose(1, 2).reshape(b * n_heads, head_dim, h, w)  # (B·Nh, Dh, H, W)
         g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)  # (B·Nh, Lq, P, 2)
-        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
-    stacked = torch.stack(sampled, dim=-2).flatten(-2)  # (B·Nh, Dh, Lq, L·P)
-    weights = attention_weights.transpose(1, 2).reshape(b * n_heads, 1, n_q, n_levels * n_points)
-    out = (stacked * weights).sum(-1).view(b, n_heads * head_dim, n_q)  # (B, Nh·Dh, Lq)
-    return out.transpose(1, 2).contiguous()
+        sampled = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)  # (B·Nh, Dh, Lq, P)
+        level_sums.append((sampled * weights[..., lvl, :]).sum(-1))
+    out = level_sums[0]
+    for level_sum in level_sums[1:]:
+        out = out + level_sum
+    return out.view(b, n_heads * head_dim, n_q).transpose(1, 2).contiguous()  # (B, Lq, Nh·Dh)
