@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from faseg.export import custom_ops
+
 from faseg.machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,9 +135,14 @@ def run_worker(library: Path, args: argparse.Namespace, output: Path | None) -> 
 
 def build_baseline(ref: str, workdir: Path) -> Path:
     """Build ``libfaseg_ort_ops.so`` from ``ref``'s ``export/plugins`` into ``workdir`` (headers cache shared)."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "export/plugins"], check=True, capture_output=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "export/plugins"], check=True, capture_output=True
+    )
     subprocess.run(["tar", "-x", "-C", str(workdir)], input=archive.stdout, check=True)
-    env = {**os.environ, "FASEG_ORT_HEADERS_DIR": os.environ.get("FASEG_ORT_HEADERS_DIR", str(ROOT / "build" / "ort-headers"))}
+    env = {
+        **os.environ,
+        "FASEG_ORT_HEADERS_DIR": os.environ.get("FASEG_ORT_HEADERS_DIR", str(ROOT / "build" / "ort-headers")),
+    }
     built = subprocess.run(
         [str(workdir / "export" / "plugins" / "build.sh")], check=True, capture_output=True, text=True, env=env
     )
@@ -212,7 +217,7 @@ def main() -> int:
     ratio = summary["baseline"] / summary["candidate"]
     info["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     result = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": info,
         "op": custom_ops.MS_DEFORM_ATTN_OP,
         "shapes": {
@@ -227,14 +232,23 @@ def main() -> int:
         "allow_spinning": 0,
         "rounds": args.rounds,
         "runs_per_round": args.runs,
-        "baseline": {"library": baseline_source, "round_medians_ms": medians["baseline"], "median_ms": summary["baseline"]},
-        "candidate": {"library": str(candidate), "round_medians_ms": medians["candidate"], "median_ms": summary["candidate"]},
+        "baseline": {
+            "library": baseline_source,
+            "round_medians_ms": medians["baseline"],
+            "median_ms": summary["baseline"],
+        },
+        "candidate": {
+            "library": str(candidate),
+            "round_medians_ms": medians["candidate"],
+            "median_ms": summary["candidate"],
+        },
         "speedup_baseline_over_candidate": ratio,
         "output_max_abs_diff": max_abs_diff,
         "output_bit_identical": bit_identical,
     }
     print(
-        f"{custom_ops.MS_DEFORM_ATTN_OP}: baseline {summary['baseline']:.2f} ms, candidate {summary['candidate']:.2f} ms, "
+        f"{custom_ops.MS_DEFORM_ATTN_OP}: baseline {summary['baseline']:.2f} ms, "
+        f"candidate {summary['candidate']:.2f} ms, "
         f"×{ratio:.2f}; output max abs diff {max_abs_diff:.3g} (bit-identical: {bit_identical})"
     )
     if not args.no_save:
