@@ -407,6 +407,27 @@ def test_topk_cross_attn_larger_nonsquare_default_divisor(ops_library: Path) -> 
         assert _max_abs(out, expected) <= ATOL, mode
 
 
+@pytest.mark.parametrize("mode", ["window", "bilinear"])
+def test_topk_cross_attn_simd_and_portable_kernels_are_bit_identical(
+    ops_library: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    # AVX2 dot products vs the portable ones (FASEG_ORT_OPS_PORTABLE=1, read at every call): same bits.
+    # C = 36, 3 heads: head_dim 12 (a block of 8 and a tail of 4); k = 2 windows of 3x3 = 18 memory tokens
+    # (4 rows at a time and a remainder of 2); 7 queries.
+    level0, window, num_heads, divisor = (2, 3), 3, 3, 3
+    t = _topk_tensors(2, 7, 36, level0, window, seed=31)
+    feed = {k: t[k].numpy() for k in TOPK_INPUTS}
+    attrs = {"num_heads": num_heads, "divisor": divisor, "mode": custom_ops.TOPK_MODES[mode]}
+    model = _model(custom_ops.TOPK_CROSS_ATTN_OP, feed, TensorProto.FLOAT, level0_h=2, level0_w=3, **attrs)
+    session = _session(ops_library, model)
+    monkeypatch.delenv("FASEG_ORT_OPS_PORTABLE", raising=False)
+    (default,) = session.run(None, feed)
+    monkeypatch.setenv("FASEG_ORT_OPS_PORTABLE", "1")
+    (portable,) = session.run(None, feed)
+    assert np.array_equal(default.view(np.uint32), portable.view(np.uint32))
+    assert _max_abs(default, _topk_reference(t, num_heads, level0, mode, divisor)) <= ATOL
+
+
 def test_topk_cross_attn_derives_level0_when_zero(ops_library: Path) -> None:
     s = TOPK_SHAPE
     t = _topk_tensors(s["batch"], s["queries"], s["channels"], s["level0"], s["window"], seed=40)

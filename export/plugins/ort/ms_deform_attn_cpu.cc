@@ -1,19 +1,10 @@
 #include "ms_deform_attn_cpu.h"
 
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <sstream>
 #include <vector>
 
-// The AVX2 path is compiled per function (target attribute) and chosen at run time, so the library
-// itself still targets the baseline ISA (no -march) and runs on any x86-64 CPU.
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define FASEG_HAVE_AVX2_PATH 1
-#include <immintrin.h>
-#else
-#define FASEG_HAVE_AVX2_PATH 0
-#endif
+#include "cpu_simd.h"
 
 namespace faseg {
 
@@ -239,16 +230,11 @@ struct Kernels {
   AccumulateTapsFn accumulate_taps;
 };
 
-// AVX2 when the CPU has it, unless FASEG_ORT_OPS_PORTABLE=1 (read at every call, so tests can compare the
-// two versions in one process); else the portable versions.
+// The AVX2 versions when use_avx2_kernels() (cpu_simd.h), else the portable ones.
 Kernels pick_kernels() {
-  const char* portable = std::getenv("FASEG_ORT_OPS_PORTABLE");
-  if (portable == nullptr || std::strcmp(portable, "1") != 0) {
 #if FASEG_HAVE_AVX2_PATH
-    static const bool has_avx2 = __builtin_cpu_supports("avx2");
-    if (has_avx2) return {bilinear_terms_avx2, accumulate_taps_avx2};
+  if (use_avx2_kernels()) return {bilinear_terms_avx2, accumulate_taps_avx2};
 #endif
-  }
   return {bilinear_terms_portable, accumulate_taps_portable};
 }
 
