@@ -1,22 +1,25 @@
 """CPU time of FASeg's ONNX Runtime custom ops, two builds of ``libfaseg_ort_ops.so`` side by side.
 
-Times one custom op alone: a one-node ONNX graph run by ONNX Runtime (CPU, ``--threads`` intra-op threads,
+Times each custom op alone: a one-node ONNX graph run by ONNX Runtime (CPU, ``--threads`` intra-op threads,
 spinning off, as the service runs it) at the shapes of ``faseg_r50_ade20k`` at 512×512, batch 1:
 
 - ``msda`` (FASegMSDeformAttn_TRT): levels 64×64, 32×32, 16×16 (S = Lq = 5376), 8 heads × 32 channels,
   4 points. Sampling locations are each query's own pixel centre plus a Gaussian offset of 2 pixels per
   level (trained deformable attention samples near the query; some samples fall off the map), weights a
   softmax over the 12 samples of a head.
+- ``topk`` (FASegTopKCrossAttn_TRT, window mode): 100 queries, C = 256, 8 heads, 1/4 map 128×128 under a
+  16×16 map of 1/32 tokens, divisor 32 (8 windows of 8×8 = 512 memory tokens).
 
-A process can load only one library per op domain, so every measurement runs in its own subprocess; the
-baseline and the candidate alternate, ``--rounds`` times each, and the ratio is taken of the medians of the
-per-round medians. The baseline defaults to the library built from ``main``'s sources
-(``git archive main export/plugins`` into a temporary directory, then ``export/plugins/build.sh`` there);
-``--baseline-lib`` takes a prebuilt one instead. Both builds run the same inputs, so the output's max abs
-difference between them is reported too (0.0 = bit-identical).
+Inputs are 64-byte aligned, as ORT's allocator hands them to the op inside a model. A process can load only
+one library per op domain, so every measurement runs in its own subprocess; the baseline and the candidate
+alternate, ``--rounds`` times each, and the ratio is taken of the medians of the per-round medians. The
+baseline defaults to the library built from ``main``'s sources (``git archive main export/plugins`` into a
+temporary directory, then ``export/plugins/build.sh`` there); ``--baseline-lib`` takes a prebuilt one
+instead. Both builds run the same inputs, so the output's max abs difference between them is reported too
+(0.0 and ``bit_identical`` = same bits).
 
     .venv/bin/python benchmarks/bench_ort_ops.py                              # main vs build/ort_ops
-    .venv/bin/python benchmarks/bench_ort_ops.py --baseline-lib /tmp/old.so --rounds 5 --label avx2
+    .venv/bin/python benchmarks/bench_ort_ops.py --ops msda --baseline-lib /tmp/old.so --rounds 3 --label x
 
 Writes ``benchmarks/results/<date>_ort_ops_<label>.json`` (``--no-save`` to skip) with the machine and its
 load average.
@@ -76,6 +79,52 @@ def msda_feed(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
+TOPK_QUERIES, TOPK_CHANNELS, TOPK_HEADS = 100, 256, 8
+TOPK_LEVEL0, TOPK_WINDOW, TOPK_DIVISOR = (16, 16), 8, 32
+
+
+def topk_feed(seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of one FASegTopKCrossAttn_TRT call of the R50 decoder at 512×512, batch 1."""
+    rng = np.random.default_rng(seed)
+    c, (h0, w0), ws = TOPK_CHANNELS, TOPK_LEVEL0, TOPK_WINDOW
+    logits = rng.standard_normal((1, TOPK_QUERIES, h0 * w0)) * 3
+    coarse = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    arrays = {
+        "query": rng.standard_normal((1, TOPK_QUERIES, c)),
+        "feat": rng.standard_normal((1, c, h0 * ws, w0 * ws)),
+        "pos": rng.standard_normal((1, c, h0 * ws, w0 * ws)),
+        "coarse_attn": coarse,
+        "in_proj_weight": rng.standard_normal((3 * c, c)) / c**0.5,
+        "in_proj_bias": rng.standard_normal(3 * c) * 0.1,
+        "out_proj_weight": rng.standard_normal((c, c)) / c**0.5,
+        "out_proj_bias": rng.standard_normal(c) * 0.1,
+    }
+    return {name: array.astype(np.float32) for name, array in arrays.items()}
+
+
+#: name -> (op type, inputs, output shape, op attributes)
+OPS = {
+    "msda": (
+        custom_ops.MS_DEFORM_ATTN_OP,
+        msda_feed,
+        lambda feed: [1, feed["sampling_locations"].shape[1], MSDA_HEADS, MSDA_HEAD_DIM],
+        {},
+    ),
+    "topk": (
+        custom_ops.TOPK_CROSS_ATTN_OP,
+        topk_feed,
+        lambda feed: list(feed["query"].shape),
+        {
+            "num_heads": TOPK_HEADS,
+            "divisor": TOPK_DIVISOR,
+            "mode": custom_ops.TOPK_MODES["window"],
+            "level0_h": TOPK_LEVEL0[0],
+            "level0_w": TOPK_LEVEL0[1],
+        },
+    ),
+}
+
+
 def aligned(array: np.ndarray, alignment: int = 64) -> np.ndarray:
     """A copy of ``array`` whose data starts on an ``alignment``-byte boundary.
 
@@ -88,13 +137,15 @@ def aligned(array: np.ndarray, alignment: int = 64) -> np.ndarray:
     return out
 
 
-def one_node_model(op_type: str, feed: dict[str, np.ndarray], out_shape: list[int]) -> bytes:
+def one_node_model(op_type: str, feed: dict[str, np.ndarray], out_shape: list[int], attrs: dict) -> bytes:
     """A graph with the single custom node (domain ``faseg`` v1, opset 17, IR 10) over ``feed``."""
     import onnx
     from onnx import TensorProto, helper
 
     types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32}
-    node = helper.make_node(op_type, list(feed), ["out"], domain=custom_ops.DOMAIN, **custom_ops.PLUGIN_ATTRIBUTES)
+    node = helper.make_node(
+        op_type, list(feed), ["out"], domain=custom_ops.DOMAIN, **attrs, **custom_ops.PLUGIN_ATTRIBUTES
+    )
     graph = helper.make_graph(
         [node],
         "bench",
@@ -110,20 +161,19 @@ def one_node_model(op_type: str, feed: dict[str, np.ndarray], out_shape: list[in
     return model.SerializeToString()
 
 
-def worker(library: str, threads: int, runs: int, warmup: int, output: str | None) -> None:
-    """Subprocess body: time the op with ``library`` and print the per-run milliseconds as JSON."""
+def worker(op: str, library: str, threads: int, runs: int, warmup: int, output: str | None) -> None:
+    """Subprocess body: time ``op`` with ``library`` and print the per-run milliseconds as JSON."""
     import onnxruntime as ort
 
-    feed = {name: aligned(array) for name, array in msda_feed().items()}
-    out_shape = [1, feed["sampling_locations"].shape[1], MSDA_HEADS, MSDA_HEAD_DIM]
+    op_type, make_feed, out_shape, attrs = OPS[op]
+    feed = {name: aligned(array) for name, array in make_feed().items()}
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.register_custom_ops_library(library)
-    session = ort.InferenceSession(
-        one_node_model(custom_ops.MS_DEFORM_ATTN_OP, feed, out_shape), options, providers=["CPUExecutionProvider"]
-    )
+    model = one_node_model(op_type, feed, out_shape(feed), attrs)
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     for _ in range(warmup):
         result = session.run(None, feed)[0]
     times = []
@@ -136,13 +186,39 @@ def worker(library: str, threads: int, runs: int, warmup: int, output: str | Non
     print(json.dumps(times))
 
 
-def run_worker(library: Path, args: argparse.Namespace, output: Path | None) -> list[float]:
-    command = [sys.executable, __file__, "--worker", str(library), "--threads", str(args.threads)]
+def run_worker(op: str, library: Path, args: argparse.Namespace, output: Path | None) -> list[float]:
+    command = [sys.executable, __file__, "--worker", str(library), "--ops", op, "--threads", str(args.threads)]
     command += ["--runs", str(args.runs), "--warmup", str(args.warmup)]
     if output is not None:
         command += ["--output", str(output)]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(op: str, builds: dict[str, Path], args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    """Alternating rounds of ``op`` over the builds; medians, ratio and the outputs' difference."""
+    medians: dict[str, list[float]] = {name: [] for name in builds}
+    for round_index in range(args.rounds):
+        for name, library in builds.items():
+            output = workdir / f"{op}_{name}.npy" if round_index == 0 else None
+            medians[name].append(statistics.median(run_worker(op, library, args, output)))
+        print(
+            f"{op} round {round_index + 1}/{args.rounds}: "
+            + ", ".join(f"{name} {values[-1]:.2f} ms" for name, values in medians.items()),
+            file=sys.stderr,
+        )
+    base_out, cand_out = np.load(workdir / f"{op}_baseline.npy"), np.load(workdir / f"{op}_candidate.npy")
+    summary = {name: statistics.median(values) for name, values in medians.items()}
+    return {
+        "op": OPS[op][0],
+        "baseline_median_ms": summary["baseline"],
+        "candidate_median_ms": summary["candidate"],
+        "speedup_baseline_over_candidate": summary["baseline"] / summary["candidate"],
+        "baseline_round_medians_ms": medians["baseline"],
+        "candidate_round_medians_ms": medians["candidate"],
+        "output_max_abs_diff": float(np.max(np.abs(base_out.astype(np.float64) - cand_out.astype(np.float64)))),
+        "output_bit_identical": bool(np.array_equal(base_out.view(np.uint32), cand_out.view(np.uint32))),
+    }
 
 
 def build_baseline(ref: str, workdir: Path) -> Path:
@@ -176,6 +252,7 @@ def machine() -> dict[str, object]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ops", default="msda,topk", help="comma-separated subset of: " + ", ".join(OPS))
     parser.add_argument("--baseline-ref", default="main", help="git ref whose export/plugins is the baseline")
     parser.add_argument("--baseline-lib", type=Path, help="prebuilt baseline library (instead of --baseline-ref)")
     parser.add_argument("--candidate-lib", type=Path, help="default: the library faseg finds (build/ort_ops/)")
@@ -183,14 +260,19 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (one subprocess per build each)")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per subprocess")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--label", default="msda")
+    parser.add_argument("--label", default="simd")
     parser.add_argument("--no-save", action="store_true")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    ops = [op.strip() for op in args.ops.split(",") if op.strip()]
+    unknown = [op for op in ops if op not in OPS]
+    if unknown or not ops:
+        print(f"bench_ort_ops: --ops {args.ops!r}: choose from {', '.join(OPS)}", file=sys.stderr)
+        return 2
     if args.worker:
-        worker(args.worker, args.threads, args.runs, args.warmup, args.output)
+        worker(ops[0], args.worker, args.threads, args.runs, args.warmup, args.output)
         return 0
 
     candidate = args.candidate_lib or custom_ops.ort_custom_ops_library()
@@ -210,59 +292,46 @@ def main() -> int:
             print(f"building the baseline from {args.baseline_ref}:export/plugins ...", file=sys.stderr)
             baseline, baseline_source = build_baseline(args.baseline_ref, workdir), f"git {args.baseline_ref}"
         builds = {"baseline": Path(baseline), "candidate": Path(candidate)}
-        medians: dict[str, list[float]] = {name: [] for name in builds}
-        for round_index in range(args.rounds):
-            for name, library in builds.items():
-                output = workdir / f"{name}.npy" if round_index == 0 else None
-                times = run_worker(library, args, output)
-                medians[name].append(statistics.median(times))
-            print(
-                f"round {round_index + 1}/{args.rounds}: "
-                + ", ".join(f"{name} {values[-1]:.2f} ms" for name, values in medians.items()),
-                file=sys.stderr,
-            )
-        base_out, cand_out = np.load(workdir / "baseline.npy"), np.load(workdir / "candidate.npy")
-        max_abs_diff = float(np.max(np.abs(base_out.astype(np.float64) - cand_out.astype(np.float64))))
-        bit_identical = bool(np.array_equal(base_out.view(np.uint32), cand_out.view(np.uint32)))
-
-    summary = {name: statistics.median(values) for name, values in medians.items()}
-    ratio = summary["baseline"] / summary["candidate"]
+        results = {op: compare(op, builds, args, workdir) for op in ops}
     info["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": info,
-        "op": custom_ops.MS_DEFORM_ATTN_OP,
-        "shapes": {
-            "batch": 1,
-            "levels": MSDA_LEVELS,
-            "heads": MSDA_HEADS,
-            "head_dim": MSDA_HEAD_DIM,
-            "points": MSDA_POINTS,
-            "sampling_offset_pixels": OFFSET_PIXELS,
-        },
+        "baseline_library": baseline_source,
+        "candidate_library": str(candidate),
         "threads": args.threads,
         "allow_spinning": 0,
         "rounds": args.rounds,
         "runs_per_round": args.runs,
-        "baseline": {
-            "library": baseline_source,
-            "round_medians_ms": medians["baseline"],
-            "median_ms": summary["baseline"],
+        "shapes": {
+            "msda": {
+                "batch": 1,
+                "levels": MSDA_LEVELS,
+                "heads": MSDA_HEADS,
+                "head_dim": MSDA_HEAD_DIM,
+                "points": MSDA_POINTS,
+                "sampling_offset_pixels": OFFSET_PIXELS,
+            },
+            "topk": {
+                "batch": 1,
+                "queries": TOPK_QUERIES,
+                "channels": TOPK_CHANNELS,
+                "heads": TOPK_HEADS,
+                "level0": TOPK_LEVEL0,
+                "window": TOPK_WINDOW,
+                "divisor": TOPK_DIVISOR,
+                "mode": "window",
+            },
         },
-        "candidate": {
-            "library": str(candidate),
-            "round_medians_ms": medians["candidate"],
-            "median_ms": summary["candidate"],
-        },
-        "speedup_baseline_over_candidate": ratio,
-        "output_max_abs_diff": max_abs_diff,
-        "output_bit_identical": bit_identical,
+        "results": results,
     }
-    print(
-        f"{custom_ops.MS_DEFORM_ATTN_OP}: baseline {summary['baseline']:.2f} ms, "
-        f"candidate {summary['candidate']:.2f} ms, "
-        f"×{ratio:.2f}; output max abs diff {max_abs_diff:.3g} (bit-identical: {bit_identical})"
-    )
+    for r in results.values():
+        print(
+            f"{r['op']}: baseline {r['baseline_median_ms']:.2f} ms, candidate {r['candidate_median_ms']:.2f} ms, "
+            f"×{r['speedup_baseline_over_candidate']:.2f}; output max abs diff {r['output_max_abs_diff']:.3g} "
+            f"(bit-identical: {r['output_bit_identical']})"
+        )
     if not args.no_save:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         path = RESULTS_DIR / f"{dt.date.today().isoformat()}_ort_ops_{args.label}.json"
