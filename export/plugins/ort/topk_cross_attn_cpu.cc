@@ -70,11 +70,15 @@ void linear_resize_table(int64_t in_size, int64_t out_size, std::vector<int64_t>
   }
 }
 
-// The end of dot: the lanes added pairwise, then the products of the tail i..n-1 one by one.
-inline float dot_finish(const float acc[8], const float* a, const float* b, int64_t i, int64_t n) {
-  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+// s plus the products of the tail i..n-1 of a dot, one by one.
+inline float dot_tail(float s, const float* a, const float* b, int64_t i, int64_t n) {
   for (; i < n; ++i) s += a[i] * b[i];
   return s;
+}
+
+// The end of dot: the lanes added pairwise, then the tail.
+inline float dot_finish(const float acc[8], const float* a, const float* b, int64_t i, int64_t n) {
+  return dot_tail(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])), a, b, i, n);
 }
 
 // Sum of a[i] * b[i] over eight lanes (lane l takes i = l mod 8 of the full blocks of 8), the lanes
@@ -99,7 +103,7 @@ void dot_rows_portable(const float* a, const float* b, int64_t ldb, int64_t coun
 __attribute__((target("avx2"))) void dot_rows_avx2(const float* a, const float* b, int64_t ldb, int64_t count,
                                                    int64_t n, float* out) {
   const int64_t blocks_end = n - n % 8;
-  alignas(32) float acc[4][8];
+  alignas(32) float acc[8];
   int64_t j = 0;
   for (; j + 4 <= count; j += 4) {
     const float* b0 = b + j * ldb;
@@ -115,14 +119,17 @@ __attribute__((target("avx2"))) void dot_rows_avx2(const float* a, const float* 
       acc2 = _mm256_add_ps(acc2, _mm256_mul_ps(va, _mm256_loadu_ps(b2 + i)));
       acc3 = _mm256_add_ps(acc3, _mm256_mul_ps(va, _mm256_loadu_ps(b3 + i)));
     }
-    _mm256_store_ps(acc[0], acc0);
-    _mm256_store_ps(acc[1], acc1);
-    _mm256_store_ps(acc[2], acc2);
-    _mm256_store_ps(acc[3], acc3);
-    out[j] = dot_finish(acc[0], a, b0, blocks_end, n);
-    out[j + 1] = dot_finish(acc[1], a, b1, blocks_end, n);
-    out[j + 2] = dot_finish(acc[2], a, b2, blocks_end, n);
-    out[j + 3] = dot_finish(acc[3], a, b3, blocks_end, n);
+    // The pairwise lane sums of dot_finish for the four rows at once: hadd adds neighbouring lanes, so
+    // after two rounds the lower half holds (l0+l1)+(l2+l3) and the upper half (l4+l5)+(l6+l7) of each row
+    // (float addition is commutative, so the operand order inside a pair does not change the bits).
+    const __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(acc0, acc1), _mm256_hadd_ps(acc2, acc3));
+    _mm_storeu_ps(out + j, _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1)));
+    if (blocks_end < n) {
+      out[j] = dot_tail(out[j], a, b0, blocks_end, n);
+      out[j + 1] = dot_tail(out[j + 1], a, b1, blocks_end, n);
+      out[j + 2] = dot_tail(out[j + 2], a, b2, blocks_end, n);
+      out[j + 3] = dot_tail(out[j + 3], a, b3, blocks_end, n);
+    }
   }
   for (; j < count; ++j) {
     const float* bj = b + j * ldb;
@@ -130,8 +137,8 @@ __attribute__((target("avx2"))) void dot_rows_avx2(const float* a, const float* 
     for (int64_t i = 0; i < blocks_end; i += 8) {
       acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(bj + i)));
     }
-    _mm256_store_ps(acc[0], acc0);
-    out[j] = dot_finish(acc[0], a, bj, blocks_end, n);
+    _mm256_store_ps(acc, acc0);
+    out[j] = dot_finish(acc, a, bj, blocks_end, n);
   }
 }
 #endif
