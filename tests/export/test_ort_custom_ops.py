@@ -408,14 +408,15 @@ def test_topk_cross_attn_larger_nonsquare_default_divisor(ops_library: Path) -> 
 
 
 @pytest.mark.parametrize("mode", ["window", "bilinear"])
+@pytest.mark.parametrize("channels,num_heads", [(36, 3), (64, 4)], ids=["dim-tails", "dims-multiple-of-8"])
 def test_topk_cross_attn_simd_and_portable_kernels_are_bit_identical(
-    ops_library: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+    ops_library: Path, monkeypatch: pytest.MonkeyPatch, mode: str, channels: int, num_heads: int
 ) -> None:
     # AVX2 dot products vs the portable ones (FASEG_ORT_OPS_PORTABLE=1, read at every call): same bits.
-    # C = 36, 3 heads: head_dim 12 (a block of 8 and a tail of 4); k = 2 windows of 3x3 = 18 memory tokens
-    # (4 rows at a time and a remainder of 2); 7 queries.
-    level0, window, num_heads, divisor = (2, 3), 3, 3, 3
-    t = _topk_tensors(2, 7, 36, level0, window, seed=31)
+    # C = 36, 3 heads: C and head_dim 12 are 8-lane blocks plus a tail of 4; C = 64, 4 heads: no tails.
+    # k = 2 windows of 3x3 = 18 memory tokens (4 rows at a time, then a remainder of 2); 7 queries.
+    level0, window, divisor = (2, 3), 3, 3
+    t = _topk_tensors(2, 7, channels, level0, window, seed=31)
     feed = {k: t[k].numpy() for k in TOPK_INPUTS}
     attrs = {"num_heads": num_heads, "divisor": divisor, "mode": custom_ops.TOPK_MODES[mode]}
     model = _model(custom_ops.TOPK_CROSS_ATTN_OP, feed, TensorProto.FLOAT, level0_h=2, level0_w=3, **attrs)
