@@ -167,6 +167,10 @@ MSDA_CASES = {
     "4-levels-nonsquare": (2, 4, 8, 9, 3, [(3, 5), (6, 4), (1, 1), (2, 7)]),
     "1-level": (2, 2, 5, 4, 4, [(5, 3)]),
     "mask2former-like": (2, 8, 32, 12, 4, [(4, 6), (8, 12), (16, 24)]),
+    # D = 12: one 8-channel block and a 4-channel tail; M*L*P = 18 samples: two blocks of 8 and a tail.
+    "head-dim-12": (2, 3, 12, 7, 3, [(5, 6), (3, 2)]),
+    # D = 40: a 32-channel and an 8-channel block; 600 queries split into several parallel chunks.
+    "head-dim-40-many-queries": (2, 2, 40, 300, 2, [(9, 11), (4, 5)]),
 }
 
 
@@ -186,6 +190,25 @@ def test_ms_deform_attn_matches_reference(ops_library: Path, case: str) -> None:
     assert out.shape == (batch, queries, heads, head_dim)
     assert out.dtype == np.float32
     assert _max_abs(out.reshape(batch, queries, heads * head_dim), expected) <= ATOL
+
+
+def test_ms_deform_attn_simd_and_portable_kernels_are_bit_identical(
+    ops_library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel picks its AVX2 version when the CPU has AVX2; FASEG_ORT_OPS_PORTABLE=1 (read at every call)
+    # forces the portable one. Both must give the same bits, NaN locations and off-map samples included.
+    shapes = [(9, 11), (4, 5), (1, 3)]
+    value, loc, weights = _msda_inputs(2, 3, 44, 40, 3, shapes, seed=6)
+    loc[0, :5, 0, 0, 0, 0] = float("nan")
+    loc[1, 3, 1, 2, :, 1] = float("nan")
+    feed = _msda_feed(value, shapes, loc, weights)
+    session = _session(ops_library, _model(custom_ops.MS_DEFORM_ATTN_OP, feed, TensorProto.FLOAT))
+    monkeypatch.delenv("FASEG_ORT_OPS_PORTABLE", raising=False)
+    (default,) = session.run(None, feed)
+    monkeypatch.setenv("FASEG_ORT_OPS_PORTABLE", "1")
+    (portable,) = session.run(None, feed)
+    assert np.all(np.isfinite(default))
+    assert np.array_equal(default.view(np.uint32), portable.view(np.uint32))
 
 
 def test_ms_deform_attn_points_outside_contribute_zero(ops_library: Path) -> None:
@@ -382,6 +405,28 @@ def test_topk_cross_attn_larger_nonsquare_default_divisor(ops_library: Path) -> 
         expected = _topk_reference(t, num_heads, level0, mode, custom_ops.TOPK_DEFAULT_DIVISOR)
         out = _topk_run(ops_library, t, num_heads, level0, mode, custom_ops.TOPK_DEFAULT_DIVISOR)
         assert _max_abs(out, expected) <= ATOL, mode
+
+
+@pytest.mark.parametrize("mode", ["window", "bilinear"])
+@pytest.mark.parametrize("channels,num_heads", [(36, 3), (64, 4)], ids=["dim-tails", "dims-multiple-of-8"])
+def test_topk_cross_attn_simd_and_portable_kernels_are_bit_identical(
+    ops_library: Path, monkeypatch: pytest.MonkeyPatch, mode: str, channels: int, num_heads: int
+) -> None:
+    # AVX2 dot products vs the portable ones (FASEG_ORT_OPS_PORTABLE=1, read at every call): same bits.
+    # C = 36, 3 heads: C and head_dim 12 are 8-lane blocks plus a tail of 4; C = 64, 4 heads: no tails.
+    # k = 2 windows of 3x3 = 18 memory tokens (4 rows at a time, then a remainder of 2); 7 queries.
+    level0, window, divisor = (2, 3), 3, 3
+    t = _topk_tensors(2, 7, channels, level0, window, seed=31)
+    feed = {k: t[k].numpy() for k in TOPK_INPUTS}
+    attrs = {"num_heads": num_heads, "divisor": divisor, "mode": custom_ops.TOPK_MODES[mode]}
+    model = _model(custom_ops.TOPK_CROSS_ATTN_OP, feed, TensorProto.FLOAT, level0_h=2, level0_w=3, **attrs)
+    session = _session(ops_library, model)
+    monkeypatch.delenv("FASEG_ORT_OPS_PORTABLE", raising=False)
+    (default,) = session.run(None, feed)
+    monkeypatch.setenv("FASEG_ORT_OPS_PORTABLE", "1")
+    (portable,) = session.run(None, feed)
+    assert np.array_equal(default.view(np.uint32), portable.view(np.uint32))
+    assert _max_abs(default, _topk_reference(t, num_heads, level0, mode, divisor)) <= ATOL
 
 
 def test_topk_cross_attn_derives_level0_when_zero(ops_library: Path) -> None:

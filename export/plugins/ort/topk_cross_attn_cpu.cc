@@ -6,6 +6,8 @@
 #include <sstream>
 #include <vector>
 
+#include "cpu_simd.h"
+
 namespace faseg {
 
 namespace {
@@ -68,27 +70,100 @@ void linear_resize_table(int64_t in_size, int64_t out_size, std::vector<int64_t>
   }
 }
 
+// s plus the products of the tail i..n-1 of a dot, one by one.
+inline float dot_tail(float s, const float* a, const float* b, int64_t i, int64_t n) {
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// The end of dot: the lanes added pairwise, then the tail.
+inline float dot_finish(const float acc[8], const float* a, const float* b, int64_t i, int64_t n) {
+  return dot_tail(((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])), a, b, i, n);
+}
+
+// Sum of a[i] * b[i] over eight lanes (lane l takes i = l mod 8 of the full blocks of 8), the lanes
+// added pairwise, then the tail. dot_rows_avx2 reproduces this order exactly.
 inline float dot(const float* a, const float* b, int64_t n) {
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
   }
-  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
+  return dot_finish(acc, a, b, i, n);
+}
+
+// out[j] = dot(a, b + j * ldb, n) for j < count: one row a against `count` rows of b.
+void dot_rows_portable(const float* a, const float* b, int64_t ldb, int64_t count, int64_t n, float* out) {
+  for (int64_t j = 0; j < count; ++j) out[j] = dot(a, b + j * ldb, n);
+}
+
+#if FASEG_HAVE_AVX2_PATH
+// dot_rows with the eight lanes of dot in one AVX2 register (separate multiply and add, as in dot), four
+// rows of b at a time so that four independent accumulators hide the add latency and share the loads of a.
+__attribute__((target("avx2"))) void dot_rows_avx2(const float* a, const float* b, int64_t ldb, int64_t count,
+                                                   int64_t n, float* out) {
+  const int64_t blocks_end = n - n % 8;
+  alignas(32) float acc[8];
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const float* b0 = b + j * ldb;
+    const float* b1 = b0 + ldb;
+    const float* b2 = b1 + ldb;
+    const float* b3 = b2 + ldb;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < blocks_end; i += 8) {
+      const __m256 va = _mm256_loadu_ps(a + i);
+      acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(va, _mm256_loadu_ps(b0 + i)));
+      acc1 = _mm256_add_ps(acc1, _mm256_mul_ps(va, _mm256_loadu_ps(b1 + i)));
+      acc2 = _mm256_add_ps(acc2, _mm256_mul_ps(va, _mm256_loadu_ps(b2 + i)));
+      acc3 = _mm256_add_ps(acc3, _mm256_mul_ps(va, _mm256_loadu_ps(b3 + i)));
+    }
+    // The pairwise lane sums of dot_finish for the four rows at once: hadd adds neighbouring lanes, so
+    // after two rounds the lower half holds (l0+l1)+(l2+l3) and the upper half (l4+l5)+(l6+l7) of each row
+    // (float addition is commutative, so the operand order inside a pair does not change the bits).
+    const __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(acc0, acc1), _mm256_hadd_ps(acc2, acc3));
+    _mm_storeu_ps(out + j, _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1)));
+    if (blocks_end < n) {
+      out[j] = dot_tail(out[j], a, b0, blocks_end, n);
+      out[j + 1] = dot_tail(out[j + 1], a, b1, blocks_end, n);
+      out[j + 2] = dot_tail(out[j + 2], a, b2, blocks_end, n);
+      out[j + 3] = dot_tail(out[j + 3], a, b3, blocks_end, n);
+    }
+  }
+  for (; j < count; ++j) {
+    const float* bj = b + j * ldb;
+    __m256 acc0 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < blocks_end; i += 8) {
+      acc0 = _mm256_add_ps(acc0, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(bj + i)));
+    }
+    _mm256_store_ps(acc, acc0);
+    out[j] = dot_finish(acc, a, bj, blocks_end, n);
+  }
+}
+#endif
+
+using DotRowsFn = void (*)(const float*, const float*, int64_t, int64_t, int64_t, float*);
+
+// The AVX2 version when use_avx2_kernels() (cpu_simd.h), else the portable one.
+DotRowsFn pick_dot_rows() {
+#if FASEG_HAVE_AVX2_PATH
+  if (use_avx2_kernels()) return dot_rows_avx2;
+#endif
+  return dot_rows_portable;
 }
 
 // out[i, j] = dot(a[i, 0:K], b[j, 0:K]) + bias[j] for i < rows, j < cols (bias may be null).
 void gemm_abt(const float* a, int64_t lda, const float* b, int64_t ldb, const float* bias, float* out, int64_t ldo,
               int64_t rows, int64_t cols, int64_t inner, const ParallelFor& pf) {
+  const DotRowsFn dot_rows = pick_dot_rows();
   const int64_t row_cost = cols * inner + 1;
   const int64_t grain = row_cost >= 32768 ? 1 : 32768 / row_cost;
   parallel_for(pf, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const float* ai = a + i * lda;
       float* oi = out + i * ldo;
-      for (int64_t j = 0; j < cols; ++j) oi[j] = dot(ai, b + j * ldb, inner) + (bias ? bias[j] : 0.0f);
+      dot_rows(a + i * lda, b, ldb, cols, inner, oi);
+      for (int64_t j = 0; j < cols; ++j) oi[j] += bias ? bias[j] : 0.0f;
     }
   });
 }
@@ -96,14 +171,15 @@ void gemm_abt(const float* a, int64_t lda, const float* b, int64_t ldb, const fl
 // Same as gemm_abt but bias indexed by the row: out[i, j] = dot(a_i, b_j) + bias[i].
 void gemm_abt_row_bias(const float* a, int64_t lda, const float* b, int64_t ldb, const float* bias, float* out,
                        int64_t ldo, int64_t rows, int64_t cols, int64_t inner, const ParallelFor& pf) {
+  const DotRowsFn dot_rows = pick_dot_rows();
   const int64_t row_cost = cols * inner + 1;
   const int64_t grain = row_cost >= 32768 ? 1 : 32768 / row_cost;
   parallel_for(pf, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const float* ai = a + i * lda;
       float* oi = out + i * ldo;
       const float bi = bias ? bias[i] : 0.0f;
-      for (int64_t j = 0; j < cols; ++j) oi[j] = dot(ai, b + j * ldb, inner) + bi;
+      dot_rows(a + i * lda, b, ldb, cols, inner, oi);
+      for (int64_t j = 0; j < cols; ++j) oi[j] += bi;
     }
   });
 }
@@ -268,14 +344,16 @@ void topk_cross_attn_forward_cpu(const TopKCrossAttnDims& d, const TopKCrossAttn
     gemm_abt_row_bias(w_v, C, mem.data(), C, b_v, v_projT.data(), Nk, C, Nk, C, pf);
 
     // Attention per (query, head): softmax(q k^T * scale) v, fp32 accumulation.
+    const DotRowsFn dot_rows = pick_dot_rows();
     parallel_for(pf, Q * Nh, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> prob(static_cast<size_t>(Nk));
       for (int64_t item = begin; item < end; ++item) {
         const int64_t i = item / Nh, h = item % Nh;
         const float* qi = q_proj.data() + i * C + h * Dh;
         float mx = -INFINITY;
+        dot_rows(qi, k_proj.data() + h * Dh, C, Nk, Dh, prob.data());
         for (int64_t j = 0; j < Nk; ++j) {
-          prob[j] = dot(qi, k_proj.data() + j * C + h * Dh, Dh) * scale;
+          prob[j] *= scale;
           mx = std::max(mx, prob[j]);
         }
         double sum = 0.0;
@@ -286,7 +364,7 @@ void topk_cross_attn_forward_cpu(const TopKCrossAttnDims& d, const TopKCrossAttn
         const float inv = static_cast<float>(1.0 / sum);
         for (int64_t j = 0; j < Nk; ++j) prob[j] *= inv;
         float* ctx = context.data() + i * C + h * Dh;
-        for (int64_t e = 0; e < Dh; ++e) ctx[e] = dot(prob.data(), v_projT.data() + (h * Dh + e) * Nk, Nk);
+        dot_rows(prob.data(), v_projT.data() + h * Dh * Nk, Nk, Dh, Nk, ctx);
       }
     });
 
