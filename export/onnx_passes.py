@@ -109,11 +109,14 @@ class OptimizeHead(ExportStep):
       ONNX Runtime folds the Transpose into its MatMul, and its TopK over a strided class axis was the single
       costliest node of the R50 512² graph (220 of 2200 ms; class-last: 230 instead of 380 ms for product and
       selection together, ``benchmarks/results/2026-12-03_ort_profile_r50.json``).
-    - And when those masks are ``Sigmoid(Resize(logits))`` read by nothing else, the upsampling runs channels-last:
-      ``Transpose`` of the 1/4-resolution logits to [N, h, w, Q] → the same ``Resize`` over the H and W axes →
-      ``Sigmoid`` → ``Reshape`` to [N, H·W, Q], which the MatMul reads as it is. Bilinear resizing treats each
-      channel alone, so the values are the same; the full-resolution [N, Q, H, W] masks are never transposed
-      (on the R50 512² head: 220 → 115 ms for resize, sigmoid, product and selection together).
+    - In the plugin flavour, when those masks are ``Sigmoid(Resize(logits))`` read by nothing else, the upsampling
+      runs channels-last: ``Transpose`` of the 1/4-resolution logits to [N, h, w, Q] → the same ``Resize`` over
+      the H and W axes → ``Sigmoid`` → ``Reshape`` to [N, H·W, Q], which the MatMul reads as it is. Bilinear
+      resizing treats each channel alone, so the values are the same; the full-resolution [N, Q, H, W] masks are
+      never transposed (ONNX Runtime, R50 512² head: 220 → 115 ms for resize, sigmoid, product and selection).
+      Only the plugin flavour, which ONNX Runtime and TensorRT run: the portable file is also read by other
+      runtimes, and OpenVINO 2026.4 resizes channels-last 2.6× slower than channels-first (226 vs 86 ms for the
+      same R50 masks), which would cost it more than ONNX Runtime gains.
 
     The replacement nodes write the original output names, so nothing downstream changes.
     """
@@ -135,7 +138,9 @@ class OptimizeHead(ExportStep):
             equation = self._equation(node)
             scores = node.output[0] if node.output else None
             if equation == "bqc,bqhw->bchw" and scores in pairs and readers[scores] == 2 and scores not in outputs:
-                upsampled = self._sigmoid_of_resize(node.input[1], producers, readers, outputs)
+                upsampled = None
+                if state.options.flavour == "plugin":
+                    upsampled = self._sigmoid_of_resize(node.input[1], producers, readers, outputs)
                 if upsampled is not None:
                     dropped |= {id(n) for n in upsampled}
                     counter["masks_resized_channels_last"] += 1
