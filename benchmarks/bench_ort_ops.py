@@ -296,6 +296,8 @@ def main() -> int:
     info["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
 
     result = {
+        "benchmark": "bench_ort_ops",
+        "command": "python benchmarks/bench_ort_ops.py " + " ".join(sys.argv[1:]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": info,
         "baseline_library": baseline_source,

@@ -457,6 +457,18 @@ def render_profile(path: Path, data: dict[str, Any], img: Path) -> str:
     return "\n".join(parts)
 
 
+def render_ort_ops(path: Path, data: dict[str, Any], img: Path) -> str:
+    parts = [f"### Custom ops alone, {data.get('threads')} threads", _source(path, data)]
+    rows = [
+        [r["op"], f"{r['baseline_median_ms']:.2f}", f"{r['candidate_median_ms']:.2f}",
+         f"×{r['speedup_baseline_over_candidate']:.2f}", "yes" if r["output_bit_identical"] else "no"]
+        for r in data["results"].values()
+    ]  # fmt: skip
+    header = ["op", f"baseline ({data['baseline_library']}) ms", "candidate ms", "speed-up", "same bits"]
+    parts.append(f"\nMedians of {data.get('rounds')} alternating rounds:\n\n" + _table(header, rows))
+    return "\n".join(parts)
+
+
 def _cpu_ms(phase: dict[str, Any], key: str) -> float | None:
     return (phase.get(key) or {}).get("ms_per_request")
 
@@ -525,6 +537,7 @@ SECTIONS: list[tuple[str, str, Callable[[Path, dict[str, Any], Path], str]]] = [
     ("bench_cpu", "CPU serving paths: int8, OpenVINO and HF side by side", render_cpu),
     ("int8_accuracy", "int8 accuracy (demo model)", render_int8),
     ("profile_ort", "ONNX Runtime CPU profiles (where the time goes, fp32 vs int8)", render_profile),
+    ("bench_ort_ops", "ONNX Runtime custom ops (CPU kernels, two builds side by side)", render_ort_ops),
     ("service_int8", "int8 vs fp32 over HTTP (demo model)", render_service_int8),
     ("soak", "Soak and overload runs", render_soak),
 ]

@@ -246,17 +246,26 @@ def test_shared_weights_are_folded_so_they_quantise_as_weights() -> None:
         helper.make_node("Identity", ["w"], ["w_shared"], name="share"),
         helper.make_node("MatMul", ["x", "w"], ["a"], name="/predictor/layer.0/MatMul"),
         helper.make_node("MatMul", ["a", "w_shared"], ["b"], name="/predictor/layer.1/MatMul"),
-        helper.make_node("MatMul", ["a", "b"], ["c"], name="/predictor/self_attn/MatMul_3"),
+        helper.make_node("MatMul", ["a", "b"], ["c0"], name="/predictor/self_attn/MatMul_3"),
+        # masked cross-attention: the query projection (100 queries) and the value projection (every memory token)
+        helper.make_node(
+            "MatMul", ["c0", "w"], ["c1"], name="/predictor/transformer_cross_attention_layers.3/multihead_attn/MatMul"
+        ),
+        helper.make_node(
+            "MatMul", ["c1", "w"], ["c"], name="/predictor/transformer_cross_attention_layers.3/multihead_attn/MatMul_2"
+        ),
     ]
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])
     c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [4, 4])
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [c], initializer=[weight]))
     assert fold_weight_identities(model) == 1
-    assert [n.op_type for n in model.graph.node] == ["MatMul"] * 3
+    assert [n.op_type for n in model.graph.node] == ["MatMul"] * 5
     assert quantizable_nodes(model) == {
         "/predictor/layer.0/MatMul": "decoder linear",
         "/predictor/layer.1/MatMul": "decoder linear",
         "/predictor/self_attn/MatMul_3": "decoder attention products",
+        "/predictor/transformer_cross_attention_layers.3/multihead_attn/MatMul": "decoder linear",
+        "/predictor/transformer_cross_attention_layers.3/multihead_attn/MatMul_2": "decoder memory projections",
     }
 
 
