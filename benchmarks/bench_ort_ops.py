@@ -137,30 +137,6 @@ def aligned(array: np.ndarray, alignment: int = 64) -> np.ndarray:
     return out
 
 
-def one_node_model(op_type: str, feed: dict[str, np.ndarray], out_shape: list[int], attrs: dict) -> bytes:
-    """A graph with the single custom node (domain ``faseg`` v1, opset 17, IR 10) over ``feed``."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32}
-    node = helper.make_node(
-        op_type, list(feed), ["out"], domain=custom_ops.DOMAIN, **attrs, **custom_ops.PLUGIN_ATTRIBUTES
-    )
-    graph = helper.make_graph(
-        [node],
-        "bench",
-        [helper.make_tensor_value_info(name, types[a.dtype], list(a.shape)) for name, a in feed.items()],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)],
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(custom_ops.DOMAIN, custom_ops.DOMAIN_VERSION)],
-        ir_version=10,
-    )
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
 def worker(op: str, library: str, threads: int, runs: int, warmup: int, output: str | None) -> None:
     """Subprocess body: time ``op`` with ``library`` and print the per-run milliseconds as JSON."""
     import onnxruntime as ort
@@ -172,7 +148,7 @@ def worker(op: str, library: str, threads: int, runs: int, warmup: int, output: 
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.register_custom_ops_library(library)
-    model = one_node_model(op_type, feed, out_shape(feed), attrs)
+    model = custom_ops.single_node_model(op_type, feed, out_shape(feed), **attrs).SerializeToString()
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     for _ in range(warmup):
         result = session.run(None, feed)[0]

@@ -13,10 +13,17 @@ runs the same nodes with ``libfaseg_ort_ops.so``, built by ``export/plugins/buil
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from .native_library import BUILD_DIR, NativeLibrary
+
+if TYPE_CHECKING:
+    import onnx
+    from numpy.typing import DTypeLike
 
 DOMAIN = "faseg"
 DOMAIN_VERSION = 1
@@ -91,6 +98,56 @@ def missing_library_message() -> str:
     return f"FASeg ONNX Runtime custom-op library {LIBRARY.missing_message()}"
 
 
+#: numpy dtype name -> ``onnx.TensorProto`` element type name: the dtypes the ops' inputs and outputs use.
+_ONNX_ELEMENT_TYPES = {"float32": "FLOAT", "float16": "FLOAT16", "int32": "INT32", "uint8": "UINT8"}
+
+
+def single_node_model(
+    op_type: str,
+    inputs: Mapping[str, np.ndarray],
+    out_shape: Sequence[int],
+    out_dtype: DTypeLike = np.float32,
+    *,
+    plugin_attributes: bool = True,
+    **attributes: Any,
+) -> onnx.ModelProto:
+    """A checked ONNX model of one ``op_type`` node in domain ``faseg``, for tests and benchmarks of the ops.
+
+    Graph inputs: ``inputs``' names, dtypes and shapes, in order; one output ``output`` (``out_shape``,
+    ``out_dtype``). The node carries :data:`PLUGIN_ATTRIBUTES` (``plugin_attributes=False`` leaves them
+    out) and ``attributes``, which take precedence. Opsets ``""`` 17 and ``faseg`` v1, IR version 10 (onnx
+    1.23 writes IR 14 by default, which ORT 1.31 rejects).
+
+    Raises:
+        ValueError: an input or the output has a dtype other than float32, float16, int32 or uint8.
+    """
+    import onnx
+    from onnx import helper
+
+    def value_info(name: str, dtype: DTypeLike, shape: Sequence[int]) -> onnx.ValueInfoProto:
+        dtype = np.dtype(dtype)
+        if dtype.name not in _ONNX_ELEMENT_TYPES:
+            raise ValueError(
+                f"{op_type} model: {name!r} has dtype {dtype.name}; supported: {', '.join(_ONNX_ELEMENT_TYPES)}"
+            )
+        return helper.make_tensor_value_info(name, getattr(onnx.TensorProto, _ONNX_ELEMENT_TYPES[dtype.name]), shape)
+
+    node_attributes = {**PLUGIN_ATTRIBUTES, **attributes} if plugin_attributes else attributes
+    graph = helper.make_graph(
+        [helper.make_node(op_type, list(inputs), ["output"], domain=DOMAIN, **node_attributes)],
+        op_type,
+        [value_info(name, array.dtype, list(array.shape)) for name, array in inputs.items()],
+        [value_info("output", out_dtype, list(out_shape))],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, DOMAIN_VERSION)],
+        ir_version=10,
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
 __all__ = [
     "BUILD_COMMAND",
     "DOMAIN",
@@ -112,4 +169,5 @@ __all__ = [
     "missing_library_message",
     "ort_custom_ops_library",
     "register_custom_ops",
+    "single_node_model",
 ]

@@ -32,7 +32,6 @@ def _unavailable(reason: str) -> None:
 try:
     import onnx
     import onnxruntime as ort
-    from onnx import TensorProto, helper
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 except ImportError as exc:  # pragma: no cover - depends on the environment
     _IMPORT_ERROR: str | None = f"onnx/onnxruntime not installed ({exc}); pip install onnx onnxruntime"
@@ -61,15 +60,6 @@ def ops_library() -> Path:
 # ------------------------------------------------------------------------------------------------
 
 
-def _elem_type(array: np.ndarray) -> int:
-    return {
-        np.dtype(np.float32): TensorProto.FLOAT,
-        np.dtype(np.float16): TensorProto.FLOAT16,
-        np.dtype(np.int32): TensorProto.INT32,
-        np.dtype(np.int64): TensorProto.INT64,
-    }[array.dtype]
-
-
 def _out_shape(op_type: str, inputs: dict[str, np.ndarray]) -> list[int]:
     if op_type == custom_ops.MS_DEFORM_ATTN_OP:
         n, _, m, d = inputs["value"].shape
@@ -77,34 +67,18 @@ def _out_shape(op_type: str, inputs: dict[str, np.ndarray]) -> list[int]:
     return list(inputs["query"].shape)
 
 
-def _model(op_type: str, inputs: dict[str, np.ndarray], out_type: int, **attrs: object) -> bytes:
-    node = helper.make_node(op_type, list(inputs), ["out"], domain=custom_ops.DOMAIN, **attrs)
-    graph = helper.make_graph(
-        [node],
-        f"{op_type}_test",
-        [helper.make_tensor_value_info(name, _elem_type(a), list(a.shape)) for name, a in inputs.items()],
-        [helper.make_tensor_value_info("out", out_type, _out_shape(op_type, inputs))],
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(custom_ops.DOMAIN, 1)],
-        ir_version=10,  # onnx 1.23 defaults to IR 14, which ORT 1.31 rejects
-    )
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
-def _session(library: Path, model: bytes) -> ort.InferenceSession:
+def _session(library: Path, model: onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.register_custom_ops_library(str(library))
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _run(
-    library: Path, op_type: str, inputs: dict[str, np.ndarray], out_type: int = 0, **attrs: object
-) -> np.ndarray:
-    model = _model(op_type, inputs, out_type or TensorProto.FLOAT, **attrs)
-    (out,) = _session(library, model).run(None, inputs)
+def _model(op_type: str, inputs: dict[str, np.ndarray], **attrs: object) -> onnx.ModelProto:
+    return custom_ops.single_node_model(op_type, inputs, _out_shape(op_type, inputs), **attrs)
+
+
+def _run(library: Path, op_type: str, inputs: dict[str, np.ndarray], **attrs: object) -> np.ndarray:
+    (out,) = _session(library, _model(op_type, inputs, **attrs)).run(None, inputs)
     return out
 
 
@@ -180,12 +154,7 @@ def test_ms_deform_attn_matches_reference(ops_library: Path, case: str) -> None:
     value, loc, weights = _msda_inputs(batch, heads, head_dim, queries, points, shapes, seed=1)
     expected = ms_deform_attn_reference(value, shapes, loc, weights)  # (N, Lq, M·D)
 
-    out = _run(
-        ops_library,
-        custom_ops.MS_DEFORM_ATTN_OP,
-        _msda_feed(value, shapes, loc, weights),
-        **custom_ops.PLUGIN_ATTRIBUTES,
-    )
+    out = _run(ops_library, custom_ops.MS_DEFORM_ATTN_OP, _msda_feed(value, shapes, loc, weights))
 
     assert out.shape == (batch, queries, heads, head_dim)
     assert out.dtype == np.float32
@@ -202,7 +171,7 @@ def test_ms_deform_attn_simd_and_portable_kernels_are_bit_identical(
     loc[0, :5, 0, 0, 0, 0] = float("nan")
     loc[1, 3, 1, 2, :, 1] = float("nan")
     feed = _msda_feed(value, shapes, loc, weights)
-    session = _session(ops_library, _model(custom_ops.MS_DEFORM_ATTN_OP, feed, TensorProto.FLOAT))
+    session = _session(ops_library, _model(custom_ops.MS_DEFORM_ATTN_OP, feed))
     monkeypatch.delenv("FASEG_ORT_OPS_PORTABLE", raising=False)
     (default,) = session.run(None, feed)
     monkeypatch.setenv("FASEG_ORT_OPS_PORTABLE", "1")
@@ -223,7 +192,8 @@ def test_ms_deform_attn_without_plugin_attributes(ops_library: Path) -> None:
     # plugin_version / plugin_namespace are optional for ORT (the TRT parser defaults them to "1" / "").
     shapes = [(2, 3), (4, 1)]
     value, loc, weights = _msda_inputs(2, 2, 3, 5, 2, shapes, seed=3)
-    out = _run(ops_library, custom_ops.MS_DEFORM_ATTN_OP, _msda_feed(value, shapes, loc, weights))
+    feed = _msda_feed(value, shapes, loc, weights)
+    out = _run(ops_library, custom_ops.MS_DEFORM_ATTN_OP, feed, plugin_attributes=False)
     expected = ms_deform_attn_reference(value, shapes, loc, weights)
     assert _max_abs(out.reshape(expected.shape), expected) <= ATOL
 
@@ -232,9 +202,7 @@ def test_ms_deform_attn_fp16_io(ops_library: Path) -> None:
     shapes = [(3, 5), (6, 4)]
     value, loc, weights = _msda_inputs(2, 4, 8, 6, 3, shapes, seed=4)
     feed = _msda_feed(value, shapes, loc, weights, dtype=np.float16)
-    out = _run(
-        ops_library, custom_ops.MS_DEFORM_ATTN_OP, feed, TensorProto.FLOAT16, **custom_ops.PLUGIN_ATTRIBUTES
-    )
+    out = _run(ops_library, custom_ops.MS_DEFORM_ATTN_OP, feed, out_dtype=np.float16)
     assert out.dtype == np.float16
     # fp32 compute on the fp16-rounded inputs; only the final rounding to fp16 differs.
     expected = ms_deform_attn_reference(
@@ -253,7 +221,7 @@ def test_ms_deform_attn_rejects_inconsistent_level_start_index(ops_library: Path
     value, loc, weights = _msda_inputs(1, 2, 4, 3, 2, shapes, seed=5)
     feed = _msda_feed(value, shapes, loc, weights)
     feed["level_start_index"] = np.array([0, 14], dtype=np.int32)
-    session = _session(ops_library, _model(custom_ops.MS_DEFORM_ATTN_OP, feed, TensorProto.FLOAT))
+    session = _session(ops_library, _model(custom_ops.MS_DEFORM_ATTN_OP, feed))
     with pytest.raises(ORT_ERRORS, match="level_start_index"):
         session.run(None, feed)
 
@@ -311,7 +279,6 @@ def _topk_run(
         mode=custom_ops.TOPK_MODES[mode],
         level0_h=level0[0],
         level0_w=level0[1],
-        **custom_ops.PLUGIN_ATTRIBUTES,
     )
 
 
@@ -419,7 +386,7 @@ def test_topk_cross_attn_simd_and_portable_kernels_are_bit_identical(
     t = _topk_tensors(2, 7, channels, level0, window, seed=31)
     feed = {k: t[k].numpy() for k in TOPK_INPUTS}
     attrs = {"num_heads": num_heads, "divisor": divisor, "mode": custom_ops.TOPK_MODES[mode]}
-    model = _model(custom_ops.TOPK_CROSS_ATTN_OP, feed, TensorProto.FLOAT, level0_h=2, level0_w=3, **attrs)
+    model = _model(custom_ops.TOPK_CROSS_ATTN_OP, feed, level0_h=2, level0_w=3, **attrs)
     session = _session(ops_library, model)
     monkeypatch.delenv("FASEG_ORT_OPS_PORTABLE", raising=False)
     (default,) = session.run(None, feed)
@@ -460,7 +427,7 @@ def test_topk_cross_attn_requires_num_heads(ops_library: Path) -> None:
     s = TOPK_SHAPE
     t = _topk_tensors(1, 3, 16, s["level0"], s["window"], seed=52)
     feed = {k: t[k].numpy() for k in TOPK_INPUTS}
-    model = _model(custom_ops.TOPK_CROSS_ATTN_OP, feed, TensorProto.FLOAT, level0_h=4, level0_w=6)
+    model = _model(custom_ops.TOPK_CROSS_ATTN_OP, feed, level0_h=4, level0_w=6)
     with pytest.raises(ORT_ERRORS, match="num_heads"):
         _session(ops_library, model).run(None, feed)
 
@@ -495,9 +462,56 @@ def test_register_custom_ops_uses_env_library(monkeypatch: pytest.MonkeyPatch, o
     value, loc, weights = _msda_inputs(1, 1, 2, 2, 1, shapes, seed=6)
     feed = _msda_feed(value, shapes, loc, weights)
     session = ort.InferenceSession(
-        _model(custom_ops.MS_DEFORM_ATTN_OP, feed, TensorProto.FLOAT),
+        _model(custom_ops.MS_DEFORM_ATTN_OP, feed).SerializeToString(),
         options,
         providers=["CPUExecutionProvider"],
     )
     (out,) = session.run(None, feed)
     assert out.shape == (1, 2, 1, 2)
+
+
+def test_single_node_model_builds_one_checked_faseg_node() -> None:
+    if _IMPORT_ERROR is not None:
+        _unavailable(_IMPORT_ERROR)
+    tensor = onnx.TensorProto
+    inputs = {
+        "query": np.zeros((2, 3, 4), np.float16),
+        "feat": np.zeros((2, 4, 6, 8), np.float32),
+        "index": np.zeros(5, np.int32),
+        "mask": np.zeros((1, 7), np.uint8),
+    }
+    op = custom_ops.TOPK_CROSS_ATTN_OP
+
+    def described(info: onnx.ValueInfoProto) -> tuple[str, int, list[int]]:
+        t = info.type.tensor_type
+        return info.name, t.elem_type, [d.dim_value for d in t.shape.dim]
+
+    def attributes(model: onnx.ModelProto) -> dict[str, object]:
+        return {a.name: onnx.helper.get_attribute_value(a) for a in model.graph.node[0].attribute}
+
+    model = custom_ops.single_node_model(op, inputs, [2, 3, 4], np.float16, num_heads=2, divisor=4)
+    assert model.ir_version == 10
+    opsets = {(o.domain, o.version) for o in model.opset_import}
+    assert opsets == {("", 17), (custom_ops.DOMAIN, custom_ops.DOMAIN_VERSION)}
+    (node,) = model.graph.node
+    assert node.op_type == op and node.domain == custom_ops.DOMAIN
+    assert list(node.input) == list(inputs) and list(node.output) == ["output"]
+    plugin = {name: value.encode() for name, value in custom_ops.PLUGIN_ATTRIBUTES.items()}
+    assert attributes(model) == {**plugin, "num_heads": 2, "divisor": 4}
+    assert [described(v) for v in model.graph.input] == [
+        ("query", tensor.FLOAT16, [2, 3, 4]),
+        ("feat", tensor.FLOAT, [2, 4, 6, 8]),
+        ("index", tensor.INT32, [5]),
+        ("mask", tensor.UINT8, [1, 7]),
+    ]
+    assert [described(v) for v in model.graph.output] == [("output", tensor.FLOAT16, [2, 3, 4])]
+
+    bare = custom_ops.single_node_model(op, inputs, [2, 3, 4], plugin_attributes=False, num_heads=2)
+    assert attributes(bare) == {"num_heads": 2}
+    assert described(bare.graph.output[0]) == ("output", tensor.FLOAT, [2, 3, 4])
+    assert attributes(custom_ops.single_node_model(op, inputs, [1], plugin_version="2"))["plugin_version"] == b"2"
+
+    with pytest.raises(ValueError, match="'index' has dtype int64"):
+        custom_ops.single_node_model(op, {**inputs, "index": np.zeros(5, np.int64)}, [2, 3, 4])
+    with pytest.raises(ValueError, match="'output' has dtype float64"):
+        custom_ops.single_node_model(op, inputs, [2, 3, 4], np.float64)

@@ -353,7 +353,6 @@ def test_ort_library_with_cuda_kernels_runs_cpu_ops(manifest: dict) -> None:
     import numpy as np
     import torch
     from faseg.model.ops import ms_deform_attn_reference
-    from onnx import TensorProto, helper
 
     shapes = [(3, 4), (2, 2)]
     g = torch.Generator().manual_seed(0)
@@ -367,20 +366,7 @@ def test_ort_library_with_cuda_kernels_runs_cpu_ops(manifest: dict) -> None:
         "sampling_locations": loc.numpy(),
         "attention_weights": weights.numpy(),
     }
-    types = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32}
-    node = helper.make_node(custom_ops.MS_DEFORM_ATTN_OP, list(feed), ["out"], domain=custom_ops.DOMAIN,
-                            **custom_ops.PLUGIN_ATTRIBUTES)  # fmt: skip
-    graph = helper.make_graph(
-        [node],
-        "msda",
-        [helper.make_tensor_value_info(k, types[v.dtype], list(v.shape)) for k, v in feed.items()],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 5, 2, 4])],
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(custom_ops.DOMAIN, 1)],
-        ir_version=10,
-    )
+    model = custom_ops.single_node_model(custom_ops.MS_DEFORM_ATTN_OP, feed, [1, 5, 2, 4])
     options = ort.SessionOptions()
     options.register_custom_ops_library(manifest["artifacts"]["ort_ops_cuda"]["path"])
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

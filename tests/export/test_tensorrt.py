@@ -51,30 +51,9 @@ def _rel_error(got: np.ndarray, want: torch.Tensor) -> float:
 # one-node ONNX files
 # ------------------------------------------------------------------------------------------------
 
-_ELEM = {
-    np.dtype(np.float32): TensorProto.FLOAT,
-    np.dtype(np.float16): TensorProto.FLOAT16,
-    np.dtype(np.int32): TensorProto.INT32,
-    np.dtype(np.uint8): TensorProto.UINT8,
-}
-
 
 def one_node_onnx(path: Path, op_type: str, feed: dict[str, np.ndarray], out_shape, out_dtype, **attrs) -> Path:
-    node = helper.make_node(op_type, list(feed), ["output"], domain=custom_ops.DOMAIN,
-                            **custom_ops.PLUGIN_ATTRIBUTES, **attrs)  # fmt: skip
-    graph = helper.make_graph(
-        [node],
-        op_type,
-        [helper.make_tensor_value_info(k, _ELEM[v.dtype], list(v.shape)) for k, v in feed.items()],
-        [helper.make_tensor_value_info("output", _ELEM[np.dtype(out_dtype)], list(out_shape))],
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(custom_ops.DOMAIN, custom_ops.DOMAIN_VERSION)],
-        ir_version=10,
-    )
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    onnx.save(custom_ops.single_node_model(op_type, feed, out_shape, out_dtype, **attrs), str(path))
     return path
 
 

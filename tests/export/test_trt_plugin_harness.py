@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from faseg.export import custom_ops
 from faseg.model.ops import ms_deform_attn_reference, topk_cross_attention_reference
 
 REPO = Path(__file__).resolve().parents[2]
@@ -238,30 +239,6 @@ def ort_cuda_unavailable() -> str:
     return ""
 
 
-def _one_node_model(plugin: str, fields: dict[str, int], inputs: list[np.ndarray], out_dims, out_dtype) -> bytes:
-    import onnx
-    from faseg.export import custom_ops
-    from onnx import TensorProto, helper
-
-    elem = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
-            np.dtype(np.int32): TensorProto.INT32}  # fmt: skip
-    names = INPUT_NAMES[plugin]
-    node = helper.make_node(plugin, names, ["out"], domain=custom_ops.DOMAIN, **fields)
-    graph = helper.make_graph(
-        [node],
-        f"{plugin}_cuda",
-        [helper.make_tensor_value_info(n, elem[a.dtype], list(a.shape)) for n, a in zip(names, inputs)],
-        [helper.make_tensor_value_info("out", elem[np.dtype(out_dtype)], list(out_dims))],
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(custom_ops.DOMAIN, custom_ops.DOMAIN_VERSION)],
-        ir_version=10,
-    )
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", list(CASES))
 def test_ort_cuda_op_matches_the_reference(case: str) -> None:
@@ -271,13 +248,13 @@ def test_ort_cuda_op_matches_the_reference(case: str) -> None:
     import onnxruntime as ort
 
     plugin, fields, inputs, want = CASES[case]()
-    out_dims = _expected_dims(plugin, inputs)
-    model = _one_node_model(plugin, fields, inputs, out_dims, inputs[0].dtype)
+    feed = dict(zip(INPUT_NAMES[plugin], inputs))
+    model = custom_ops.single_node_model(plugin, feed, _expected_dims(plugin, inputs), inputs[0].dtype, **fields)
     options = ort.SessionOptions()
     options.register_custom_ops_library(str(ORT_CUDA_LIBRARY))
     options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")  # the node must run on CUDA
-    session = ort.InferenceSession(model, options, providers=["CUDAExecutionProvider"])
-    (got,) = session.run(None, dict(zip(INPUT_NAMES[plugin], inputs)))
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CUDAExecutionProvider"])
+    (got,) = session.run(None, feed)
     want = want.double().numpy().reshape(got.shape)
     rel = float(np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1.0))
     assert rel <= (FP16_REL if got.dtype == np.float16 else FP32_REL), rel
