@@ -98,7 +98,7 @@ _SCOPES = (
 FLOAT_GROUPS: dict[str, str] = {
     "input stem": "one convolution, alone it moved 3.6 % of labels (96.4 %); 0.6 of 75 GMAC",
     "backbone early stages": "res2 + res3 alone moved 1.2 % of labels (98.8 %; res4 + res5 alone: 99.8 %)",
-    "decoder linear": "105 small layers on 100 queries: 0.3 % of labels for almost no compute",
+    "decoder linear": "91 small layers on 100 queries (query projections, FFNs): 0.3 % of labels, little compute",
     "decoder attention products": "activation × activation Q·Kᵀ / attention·V: 0.6 % of labels",
     "decoder pooling and hrca products": "query pooling and HRCA attention products (activation × activation)",
     "mask embed": "the query → mask-embedding MLP: 0.2 % of labels, tiny compute",
